@@ -1,0 +1,26 @@
+"""peft-rankdyna: RankDyna (Hua et al., Findings of EMNLP 2023) as a PEFT method.
+
+Importing this package registers RankDyna with PEFT, so ``peft.get_peft_model(model,
+RankDynaConfig(...))`` and ``PeftModel.from_pretrained`` work like for any built-in method.
+"""
+
+from .allocator import Allocation, allocate
+from .callback import RankDynaCallback
+from .config import RankDynaConfig
+from .layer import RankDynaLayer
+from .model import RankDynaModel
+from .registry import RANKDYNA_PEFT_TYPE, register_rankdyna
+
+register_rankdyna(RankDynaConfig, RankDynaModel)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RANKDYNA_PEFT_TYPE",
+    "Allocation",
+    "RankDynaCallback",
+    "RankDynaConfig",
+    "RankDynaLayer",
+    "RankDynaModel",
+    "allocate",
+]

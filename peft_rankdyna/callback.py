@@ -1,0 +1,100 @@
+"""`RankDynaCallback`: drives the allocator from transformers' Trainer and logs what it does."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .io import atomic_write_text
+from .model import RankDynaModel
+
+HISTORY_FILE = "rankdyna_history.json"
+
+
+def find_rankdyna_model(model: nn.Module) -> RankDynaModel:
+    """The :class:`RankDynaModel` inside a ``PeftModel`` (or the model itself)."""
+    for candidate in (model, getattr(model, "base_model", None), getattr(model, "module", None)):
+        if isinstance(candidate, RankDynaModel):
+            return candidate
+        inner = getattr(candidate, "base_model", None)
+        if isinstance(inner, RankDynaModel):
+            return inner
+    raise ValueError(
+        f"No RankDyna model found in {type(model).__name__}: wrap it with "
+        "`peft.get_peft_model(model, RankDynaConfig(...))` before training."
+    )
+
+
+class RankDynaCallback(TrainerCallback):
+    """Runs RankDyna's importance update and budget allocation once per optimizer step.
+
+    Steps are optimizer steps (gradient accumulation is respected). When the config has no
+    ``total_step``, the Trainer's ``max_steps`` is used. Allocator state (importance statistics,
+    masks) lives in the adapter's state dict, so every Trainer checkpoint holds it and
+    ``resume_from_checkpoint`` restores it.
+
+    Budget, kept parameters, score threshold and per-layer ranks are added to every log entry.
+    Callbacks run in order, so for the progress bar and TensorBoard to show them this callback
+    must run before theirs: use :meth:`attach`, which puts it first.
+
+    The allocation history (one entry per mask refresh) is written to ``rankdyna_history.json``
+    in the output directory at every save and at the end of training.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self._model: Optional[RankDynaModel] = None
+
+    @classmethod
+    def attach(cls, trainer: Any) -> "RankDynaCallback":
+        """Create the callback and register it as the Trainer's first callback."""
+        callback = cls()
+        trainer.callback_handler.callbacks.insert(0, callback)
+        return callback
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._model = find_rankdyna_model(kwargs["model"])
+        config = self._model.rankdyna_config
+        if config.total_step is None:
+            config.total_step = state.max_steps
+        elif config.total_step != state.max_steps:
+            raise ValueError(
+                f"RankDynaConfig.total_step={config.total_step} but the Trainer will run {state.max_steps} optimizer "
+                "steps; leave total_step unset to take the Trainer's."
+            )
+        config.schedule()  # raises now, naming the conflicting numbers, if the schedule cannot run
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
+        allocation = self._model.update_and_allocate(state.global_step)
+        if allocation is not None:
+            self.history.append(
+                {
+                    "step": state.global_step,
+                    "budget": self._model.last_budget,
+                    "kept_params": allocation.kept_params,
+                    "threshold": allocation.threshold,
+                    "ranks": allocation.ranks,
+                }
+            )
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if logs is not None and self._model is not None:
+            logs.update(self._model.allocation_stats())
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.write_history(args.output_dir)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.write_history(args.output_dir)
+
+    def write_history(self, directory: str) -> str:
+        """Write the allocation history as JSON into ``directory``; returns the path."""
+        path = os.path.join(directory, HISTORY_FILE)
+        atomic_write_text(path, json.dumps(self.history, indent=1))
+        return path

@@ -1,0 +1,95 @@
+"""The ``rankdyna`` console script: thin argument parsing over the package's modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def _fraction_or_steps(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() and "." not in text else value
+
+
+def _add_compress(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compress",
+        help="fine-tune and compress a model on a GLUE task in one round",
+        description="Fine-tune a pre-trained encoder on a GLUE task while RankDyna prunes its target matrices "
+        "to a parameter budget; prints the dev metrics, parameter counts and wall time.",
+    )
+    parser.add_argument("--model", required=True, help="local folder of a pre-trained model (save_pretrained layout)")
+    parser.add_argument("--task", required=True, help="GLUE task: mrpc, sst2, cola, stsb, rte, qnli, mnli, qqp")
+    parser.add_argument("--output", required=True, help="folder for results.json, the adapter and the history")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=float, default=0.5,
+                        help="fraction (0, 1] of the target matrices' parameters to keep (default 0.5)")
+    budget.add_argument("--dense", action="store_true", help="plain dense fine-tuning instead (the reference)")
+    parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
+    parser.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
+    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N dev rows")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--tinit", type=_fraction_or_steps, default=0.1,
+                        help="warm-up: steps (int) or fraction of training (float < 1); default 0.1")
+    parser.add_argument("--tfinal", type=_fraction_or_steps, default=0.2,
+                        help="final frozen-mask phase: steps or fraction; default 0.2")
+    parser.add_argument("--delta-t", type=_fraction_or_steps, default=10,
+                        help="mask refresh interval: steps or fraction; default 10")
+    parser.add_argument("--init-budget", type=float, default=None,
+                        help="start below full rank at this fraction of the dense size (default: full rank)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_compress)
+
+
+def _run_compress(args: argparse.Namespace) -> None:
+    from .pipeline import CompressSettings, compress
+    from .report import format_results
+
+    settings = CompressSettings(
+        model=args.model,
+        task=args.task,
+        output_dir=args.output,
+        budget=None if args.dense else args.budget,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        glue_dir=args.glue_dir,
+        rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget},
+        show_progress=not args.no_progress,
+    )
+    print(format_results(compress(settings)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rankdyna`` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(prog="rankdyna", description="RankDyna: compress a Transformer in one round.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_compress(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the console script; bad input ends with one clear line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"rankdyna {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""`RankDynaConfig`: the PEFT config of RankDyna, every field documented and validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+from .budget import Schedule, StepSpec, resolve_steps
+from .registry import RANKDYNA_PEFT_TYPE
+
+
+@dataclass
+class RankDynaConfig(PeftConfig):
+    """Configuration of a RankDyna model (Hua et al., Findings of EMNLP 2023).
+
+    Every target ``nn.Linear`` is rewritten as the SVD factors of its pre-trained weight; the whole
+    model is then fine-tuned while a global allocator prunes singular groups down to
+    ``target_budget`` of the target matrices' parameters on a cubic schedule.
+
+    Args:
+        target_modules: Module names (list, suffix match) or one regex (full match) to factor.
+            ``None`` uses the per-``model_type`` default: Q, K, V, attention output, FFN in and out
+            of every encoder layer (BERT, RoBERTa, DistilBERT, ELECTRA, MPNet, XLM-R, CamemBERT).
+        exclude_modules: Module names or a regex never to factor.
+        target_budget: Fraction (0, 1] of the target matrices' original parameters kept at the end.
+        init_budget: ``None`` starts at full rank (the wrapped model reproduces the original; the
+            factors of a square matrix hold twice its parameters while training). A float in
+            [target_budget, 1] starts each matrix at the largest rank whose factors cost at most
+            that fraction of its dense size, e.g. 1.0 so training never holds more parameters than
+            the dense model (the smallest singular values are dropped at the start).
+        tinit: Warm-up at the initial budget, in optimizer steps (int) or as a fraction of
+            ``total_step`` (float in [0, 1)).
+        tfinal: Final phase with the mask frozen at the target budget, steps or fraction.
+        deltaT: Mask refresh interval during the budget decrease, steps or fraction.
+        total_step: Total optimizer steps. Optional: ``RankDynaCallback`` takes it from the
+            Trainer; a custom loop must set it.
+        beta1: EMA coefficient of the sensitivity, in [0, 1).
+        beta2: EMA coefficient of the uncertainty, in [0, 1).
+        orth_reg_weight: Weight of ‖UᵀU−I‖²_F + ‖VᵀV−I‖²_F added to the training loss (0 = off).
+        train_base_model: Also fine-tune (and save with the adapter) every non-target parameter:
+            embeddings, LayerNorms, pooler, head. The paper's setting: compression and task
+            adaptation in one round. ``False`` trains only the factors and ``modules_to_save``.
+        modules_to_save: Extra modules wrapped and saved the PEFT way (e.g. a new classifier).
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names (list) or a regex of the nn.Linear layers to factor."}
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names (list) or a regex never to factor."}
+    )
+    target_budget: float = field(
+        default=0.5, metadata={"help": "Fraction (0, 1] of the target matrices' parameters kept at the end."}
+    )
+    init_budget: Optional[float] = field(
+        default=None, metadata={"help": "None = full rank; else start below full rank at this fraction of dense."}
+    )
+    tinit: StepSpec = field(default=0.1, metadata={"help": "Warm-up: steps (int) or fraction (float)."})
+    tfinal: StepSpec = field(default=0.2, metadata={"help": "Final frozen-mask phase: steps or fraction."})
+    deltaT: StepSpec = field(default=10, metadata={"help": "Mask refresh interval: steps or fraction."})
+    total_step: Optional[int] = field(default=None, metadata={"help": "Total optimizer steps."})
+    beta1: float = field(default=0.85, metadata={"help": "EMA coefficient of the sensitivity, in [0, 1)."})
+    beta2: float = field(default=0.85, metadata={"help": "EMA coefficient of the uncertainty, in [0, 1)."})
+    orth_reg_weight: float = field(default=0.0, metadata={"help": "Weight of the orthogonality regulariser."})
+    train_base_model: bool = field(
+        default=True, metadata={"help": "Fine-tune and save every non-target parameter too."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules to train and save the PEFT way."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = RANKDYNA_PEFT_TYPE
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        if not 0.0 < self.target_budget <= 1.0:
+            raise ValueError(f"`target_budget` must be in (0, 1], got {self.target_budget}.")
+        if self.init_budget is not None and not self.target_budget <= self.init_budget <= 1.0:
+            raise ValueError(
+                f"`init_budget` must be None (full rank) or in [target_budget={self.target_budget}, 1], "
+                f"got {self.init_budget}."
+            )
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"`orth_reg_weight` must be ≥ 0, got {self.orth_reg_weight}.")
+        for name in ("tinit", "tfinal", "deltaT"):
+            resolve_steps(getattr(self, name), self.total_step or 1, name)
+        if self.deltaT <= 0:
+            raise ValueError(f"`deltaT` must be ≥ 1 step or a fraction in (0, 1), got {self.deltaT}.")
+        if self.total_step is not None:
+            self.schedule(self.total_step)
+
+    def schedule(self, total_step: Optional[int] = None) -> Schedule:
+        """The resolved schedule for ``total_step`` (default: the configured one)."""
+        total = total_step if total_step is not None else self.total_step
+        if total is None:
+            raise ValueError(
+                "RankDyna needs the total number of optimizer steps: set `RankDynaConfig(total_step=...)`, "
+                "or train with `RankDynaCallback`, which takes it from the Trainer."
+            )
+        return Schedule.build(self.tinit, self.tfinal, self.deltaT, total)
