@@ -21,7 +21,7 @@ from transformers import (
 
 from .callback import RankDynaCallback
 from .config import RankDynaConfig
-from .data.glue import GlueSplit, GlueTask, compute_metrics, get_task, load_glue
+from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_text
 
 
@@ -49,21 +49,20 @@ class CompressSettings:
     rankdyna: dict[str, Any] = field(default_factory=dict)
     show_progress: bool = True
 
+    def __post_init__(self) -> None:
+        # Paths may come as pathlib objects; results.json records them as text.
+        self.model, self.output_dir = os.fspath(self.model), os.fspath(self.output_dir)
+        self.glue_dir = None if self.glue_dir is None else os.fspath(self.glue_dir)
 
-class _Encoded(torch.utils.data.Dataset):
-    def __init__(self, tokenizer: Any, split: GlueSplit, max_length: int, limit: Optional[int]) -> None:
-        count = len(split.labels) if limit is None else min(limit, len(split.labels))
-        texts = [column[:count] for column in split.texts]
-        self.encodings = tokenizer(*texts, truncation=True, max_length=max_length)
-        self.labels = split.labels[:count]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {key: values[index] for key, values in self.encodings.items()}
-        item["labels"] = self.labels[index]
-        return item
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved beside a model; a folder without one is a clear error."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, TypeError, ValueError) as error:
+        raise ValueError(f"No usable tokenizer in {path} ({error}); save the tokenizer beside the model.") from None
 
 
 def load_model(path: str, task: GlueTask) -> torch.nn.Module:
@@ -90,15 +89,17 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     start = time.perf_counter()
     set_seed(settings.seed)
     task = get_task(settings.task)
-    tokenizer = AutoTokenizer.from_pretrained(settings.model)
-    train = _Encoded(tokenizer, load_glue(task, "train", settings.glue_dir), settings.max_seq_length,
+    config = None
+    if settings.budget is not None:  # validated before any slow work
+        config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
+    tokenizer = load_tokenizer(settings.model)
+    train = GlueDataset(tokenizer, load_glue(task, "train", settings.glue_dir), settings.max_seq_length,
                      settings.max_train_samples)
-    dev = _Encoded(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
+    dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
                    settings.max_eval_samples)
     model = load_model(settings.model, task)
     dense_model_params = count_parameters(model)
-    if settings.budget is not None:
-        config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
+    if config is not None:
         model = get_peft_model(model, config)
 
     trainer = Trainer(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ class GlueSplit:
 
     texts: list[list[str]]
     labels: list
+
+
+class GlueDataset(torch.utils.data.Dataset):
+    """A tokenised split (first ``limit`` rows), items ready for ``DataCollatorWithPadding``."""
+
+    def __init__(self, tokenizer: Any, split: GlueSplit, max_length: int, limit: Optional[int] = None) -> None:
+        count = len(split.labels) if limit is None else min(limit, len(split.labels))
+        self.encodings = tokenizer(*[column[:count] for column in split.texts], truncation=True, max_length=max_length)
+        self.labels = split.labels[:count]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {key: values[index] for key, values in self.encodings.items()}
+        item["labels"] = self.labels[index]
+        return item
 
 
 def load_glue(task: GlueTask, split: str, glue_dir: Optional[str] = None) -> GlueSplit:

