@@ -6,6 +6,7 @@ RankDynaConfig(...))`` and ``PeftModel.from_pretrained`` work like for any built
 
 from .allocator import Allocation, allocate
 from .callback import RankDynaCallback
+from .compact import AutoCompactModel
 from .config import RankDynaConfig
 from .layer import RankDynaLayer
 from .model import RankDynaModel
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RANKDYNA_PEFT_TYPE",
     "Allocation",
+    "AutoCompactModel",
     "RankDynaCallback",
     "RankDynaConfig",
     "RankDynaLayer",

@@ -85,3 +85,59 @@ def allocate(
             masks[name][:] = True  # stored dense: the remaining groups cost nothing
     kept_params = sum(matrix_cost(int(m.sum()), *shapes[n]) for n, m in masks.items())
     return Allocation(masks=masks, threshold=threshold, kept_params=kept_params)
+
+
+def round_to_multiple(
+    scores: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    masks: Mapping[str, torch.Tensor],
+    budget: int,
+    multiple: int,
+) -> dict[str, torch.Tensor]:
+    """Round every factored matrix's rank down to a multiple of ``multiple``, then re-spend what that freed.
+
+    Matrices stored dense (rank at or past break-even) are left alone. The freed parameters go back,
+    ``multiple`` groups at a time, to the matrix whose next best groups earn the most importance
+    per parameter, while the total stays within ``budget``.
+    """
+    names = sorted(masks)
+    order = {n: _kept_first_best_first(scores[n], masks[n]) for n in names}
+    ranks: dict[str, int] = {}
+    for name in names:
+        rank = int(masks[name].sum())
+        dense = rank >= break_even_rank(*shapes[name])
+        ranks[name] = rank if dense else rank - rank % multiple
+    held = {n: len(masks[n]) for n in names}
+
+    def spent() -> int:
+        return sum(matrix_cost(ranks[n], *shapes[n]) for n in names)
+
+    while True:
+        best, best_value = None, -1.0
+        for name in names:
+            rank = ranks[name]
+            if rank >= break_even_rank(*shapes[name]) or rank + multiple > held[name]:
+                continue
+            extra = matrix_cost(rank + multiple, *shapes[name]) - matrix_cost(rank, *shapes[name])
+            if spent() + extra > budget:
+                continue
+            gain = float(scores[name].detach().float().cpu()[order[name][rank : rank + multiple]].sum()) / max(extra, 1)
+            if gain > best_value:
+                best, best_value = name, gain
+        if best is None:
+            break
+        ranks[best] += multiple
+
+    result = {}
+    for name in names:
+        keep = torch.zeros(held[name], dtype=torch.bool)
+        rank = held[name] if ranks[name] >= break_even_rank(*shapes[name]) else ranks[name]
+        keep[order[name][:rank]] = True
+        result[name] = keep
+    return result
+
+
+def _kept_first_best_first(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Group indices: the kept groups best-first, then the masked ones best-first."""
+    by_score = torch.argsort(score.detach().float().cpu(), descending=True, stable=True)
+    return by_score[torch.argsort((~mask.cpu()[by_score]).int(), stable=True)]

@@ -71,11 +71,38 @@ def _run_compress(args: argparse.Namespace) -> None:
     print(format_results(compress(settings)))
 
 
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="parameters, FLOPs, size and rank table of a model folder",
+        description="Report parameters of the target matrices and of the whole model, FLOPs per token of the "
+        "linear layers and of attention, weights size on disk and the per-matrix rank table, for a compact folder, "
+        "a RankDyna adapter folder or a dense transformers model folder.",
+    )
+    parser.add_argument("directory", help="compact model, RankDyna adapter or dense model folder")
+    parser.add_argument("--seq-len", type=int, default=128, help="sequence length for attention FLOPs (default 128)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    import json
+
+    from .io import atomic_write_text
+    from .report import format_report, report_folder
+
+    report = report_folder(args.directory, args.seq_len)
+    print(format_report(report))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankdyna`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="rankdyna", description="RankDyna: compress a Transformer in one round.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_compress(subparsers)
+    _add_report(subparsers)
     return parser
 
 

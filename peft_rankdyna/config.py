@@ -43,6 +43,9 @@ class RankDynaConfig(PeftConfig):
             embeddings, LayerNorms, pooler, head. The paper's setting: compression and task
             adaptation in one round. ``False`` trains only the factors and ``modules_to_save``.
         modules_to_save: Extra modules wrapped and saved the PEFT way (e.g. a new classifier).
+        rank_multiple: When merging, round every factored matrix's rank down to a multiple of this
+            (e.g. 8 or 16, for hardware kernels) and re-spend the freed parameters globally, so the
+            budget still holds. ``None`` keeps the allocated ranks.
     """
 
     target_modules: Optional[Union[list[str], str]] = field(
@@ -70,6 +73,9 @@ class RankDynaConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules to train and save the PEFT way."}
     )
+    rank_multiple: Optional[int] = field(
+        default=None, metadata={"help": "Round merged ranks down to multiples of this, re-spending the rest."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +98,8 @@ class RankDynaConfig(PeftConfig):
             raise ValueError(f"`orth_reg_weight` must be ≥ 0, got {self.orth_reg_weight}.")
         for name in ("tinit", "tfinal", "deltaT"):
             resolve_steps(getattr(self, name), self.total_step or 1, name)
+        if self.rank_multiple is not None and (not isinstance(self.rank_multiple, int) or self.rank_multiple < 1):
+            raise ValueError(f"`rank_multiple` must be None or an int ≥ 1, got {self.rank_multiple!r}.")
         if self.deltaT <= 0:
             raise ValueError(f"`deltaT` must be ≥ 1 step or a fraction in (0, 1), got {self.deltaT}.")
         if self.total_step is not None:

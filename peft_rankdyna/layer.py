@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .budget import initial_rank
+from .compact import truncate
 from .importance import GroupImportance
 
 
@@ -128,6 +129,17 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         U, _, Vt = self.factor_parameters()
         eye = torch.eye(U.shape[1], device=U.device, dtype=U.dtype)
         return ((U.T @ U - eye) ** 2).sum() + ((Vt @ Vt.T - eye) ** 2).sum()
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+    ) -> nn.Module:
+        """The truncated module of the kept groups (called by PEFT's ``merge_and_unload``)."""
+        if not merge:
+            raise ValueError(
+                "RankDyna has no original dense weight to return: use `merge_and_unload()` for the compact model."
+            )
+        U, s, Vt = self.factor_parameters()
+        return truncate(U, s, Vt, self.mask, self.base_layer.bias)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any, Optional
 
@@ -15,11 +14,12 @@ from peft.tuners.tuners_utils import (
 )
 from torch import nn
 
-from .allocator import Allocation, allocate
+from .allocator import Allocation, allocate, round_to_multiple
 from .budget import matrix_cost
+from .compact import make_compact
 from .config import RankDynaConfig
 from .layer import RankDynaLayer
-from .targets import TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING
+from .targets import TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING, split_matrix_name
 
 
 class RankDynaModel(BaseTuner):
@@ -198,6 +198,35 @@ class RankDynaModel(BaseTuner):
             stats[f"rankdyna/rank/{layer_name}"] = float(rank)
         return stats
 
+    # ----------------------------------------------------------------------------- merge
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: Optional[list[str]] = None) -> nn.Module:
+        """The compact model: a plain transformers model with every target matrix truncated to its kept groups.
+
+        With ``rank_multiple`` set, ranks are first rounded down to multiples of it and the freed
+        parameters re-spent globally (see :func:`~peft_rankdyna.allocator.round_to_multiple`).
+        Not in place on the returned object's modules, but it consumes this PEFT model.
+        """
+        multiple = self.rankdyna_config.rank_multiple
+        if multiple:
+            self.round_ranks(multiple)
+        ranks = self.ranks()
+        model = super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+        return make_compact(model, ranks)
+
+    def round_ranks(self, multiple: int) -> None:
+        """Round the current masks' ranks to multiples of ``multiple`` within the target budget."""
+        layers = self.rankdyna_layers()
+        masks = round_to_multiple(
+            {name: layer.group_scores() for name, layer in layers.items()},
+            {name: (layer.out_features, layer.in_features) for name, layer in layers.items()},
+            {name: layer.mask for name, layer in layers.items()},
+            max(self.target_params(), self.kept_params()),
+            multiple,
+        )
+        for name, layer in layers.items():
+            layer.set_mask(masks[name])
+
     # ----------------------------------------------------------------------------- forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         outputs = self.model.forward(*args, **kwargs)
@@ -252,14 +281,11 @@ def _base_model_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return _base_model_entries(model, dict(model.named_parameters()))
 
 
-_LAYER_INDEX = re.compile(r"^(.*?\.)?(layers?|blocks?|h)\.(\d+)\.")
-
-
 def _ranks_by_layer(ranks: dict[str, int]) -> dict[str, int]:
     """Total kept rank per transformer layer (``layer_3``); matrices outside a layer list by name."""
     totals: dict[str, int] = {}
     for name, rank in ranks.items():
-        match = _LAYER_INDEX.match(name)
-        key = f"layer_{match.group(3)}" if match else name
+        layer, _ = split_matrix_name(name)
+        key = name if layer is None else f"layer_{layer}"
         totals[key] = totals.get(key, 0) + rank
     return totals

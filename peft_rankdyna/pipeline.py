@@ -23,6 +23,8 @@ from .callback import RankDynaCallback
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_text
+from .plots import plot_history, plot_rank_heatmap
+from .report import matrix_table, model_parameters, model_report
 
 
 @dataclass
@@ -65,6 +67,25 @@ def load_tokenizer(path: str) -> Any:
         raise ValueError(f"No usable tokenizer in {path} ({error}); save the tokenizer beside the model.") from None
 
 
+def load_rankdyna_adapter(adapter_dir: str, base_model: Optional[str] = None) -> Any:
+    """A saved RankDyna adapter on its base model (default: the base path recorded in the adapter)."""
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(adapter_dir)
+    base_path = base_model or config.base_model_name_or_path
+    if not base_path or not os.path.isdir(base_path):
+        raise FileNotFoundError(
+            f"Base model of {adapter_dir} not found at {base_path!r}; pass the local base model folder."
+        )
+    base = AutoModelForSequenceClassification.from_pretrained(base_path)
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
+def merge_adapter(adapter_dir: str, base_model: Optional[str] = None) -> torch.nn.Module:
+    """The compact model of a saved RankDyna adapter (see ``RankDynaModel.merge_and_unload``)."""
+    return load_rankdyna_adapter(adapter_dir, base_model).merge_and_unload()
+
+
 def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     """A sequence-classification model from a local folder, with the task's head."""
     if not os.path.isdir(path):
@@ -73,11 +94,6 @@ def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Parameters of a module, each tensor once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def compress(settings: CompressSettings) -> dict[str, Any]:
@@ -98,7 +114,7 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
                    settings.max_eval_samples)
     model = load_model(settings.model, task)
-    dense_model_params = count_parameters(model)
+    dense_model_params = model_parameters(model)
     if config is not None:
         model = get_peft_model(model, config)
 
@@ -117,11 +133,11 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
         "settings": asdict(settings),
         "metrics": {name: metrics[name] for name in task.metric_names},
         "train_steps": trainer.state.global_step,
-        **_parameter_summary(model, dense_model_params, settings.budget is not None),
+        "model_params_before": dense_model_params,
+        "model_params_after": dense_model_params,
     }
     if callback is not None:
-        model.save_pretrained(os.path.join(settings.output_dir, "adapter"))
-        callback.write_history(settings.output_dir)
+        results.update(_save_compressed(model, tokenizer, callback, settings))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
     return results
@@ -147,14 +163,27 @@ def _training_arguments(settings: CompressSettings) -> TrainingArguments:
     )
 
 
-def _parameter_summary(model: torch.nn.Module, dense_model_params: int, compressed: bool) -> dict[str, int]:
-    if not compressed:
-        return {"model_params_before": dense_model_params, "model_params_after": dense_model_params}
-    rankdyna = model.base_model
-    dense_targets, kept_targets = rankdyna.dense_params(), rankdyna.kept_params()
+def _save_compressed(model: Any, tokenizer: Any, callback: RankDynaCallback, settings: CompressSettings) -> dict:
+    """Save adapter, history, compact model and pictures; return the compact model's accounting."""
+    output = settings.output_dir
+    model.save_pretrained(os.path.join(output, "adapter"))
+    callback.write_history(output)
+    dense_targets = model.base_model.dense_params()
+    compact = model.merge_and_unload()
+    compact_dir = os.path.join(output, "compact")
+    compact.save_pretrained(compact_dir, tokenizer=tokenizer)
+    report = model_report(compact, settings.max_seq_length, compact_dir)
+    atomic_write_text(os.path.join(output, "report.json"), json.dumps(report, indent=1))
+    try:
+        plot_rank_heatmap(matrix_table(compact), os.path.join(output, "ranks.png"))
+        plot_history(callback.history, dense_targets, os.path.join(output, "history.png"))
+    except ImportError as error:
+        print(f"rankdyna: no plots written ({error})")
     return {
+        "compact_dir": compact_dir,
         "target_params_before": dense_targets,
-        "target_params_after": kept_targets,
-        "model_params_before": dense_model_params,
-        "model_params_after": dense_model_params - dense_targets + kept_targets,
+        "target_params_after": report["target_params"],
+        "model_params_after": report["model_params"],
+        "file_size_bytes": report["file_size_bytes"],
+        "flops_ratio": report["flops_ratio"],
     }

@@ -1,8 +1,165 @@
-"""Human-readable summaries of what a run produced."""
+"""Accounting for any model — dense, RankDyna while training, compact — and text summaries of it.
+
+Parameters of the target matrices are counted as the final model stores them: a compact matrix
+by its actual weights (r·(in+out) factored, in·out dense, 0 bias-only), a RankDyna matrix while
+training by the budget's accounting (r·(in+out+1), capped at in·out), a dense one at in·out.
+FLOPs are per token, multiply-add = 2 FLOPs: the target linear layers, and attention's QKᵀ and
+AV products (4 · seq_len · hidden per layer).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from .budget import matrix_cost
+from .compact import WEIGHTS_NAME, BiasOnly, CompactModelMixin, LowRankLinear, truncated_form
+from .targets import KIND_ORDER, default_target_names, split_matrix_name
+
+
+@dataclass
+class MatrixRow:
+    """One target matrix of the rank table."""
+
+    name: str
+    layer: Optional[int]
+    kind: str
+    in_features: int
+    out_features: int
+    rank: int
+    form: str
+    params: int
+
+    @property
+    def kept_fraction(self) -> float:
+        """Parameters kept relative to the dense matrix."""
+        return self.params / (self.in_features * self.out_features)
+
+
+def _rankdyna_model(model: nn.Module) -> Any:
+    from .model import RankDynaModel
+
+    inner = getattr(model, "base_model", None)
+    return inner if isinstance(inner, RankDynaModel) else (model if isinstance(model, RankDynaModel) else None)
+
+
+def matrix_table(model: nn.Module) -> list[MatrixRow]:
+    """The per-matrix rank table of a dense, RankDyna or compact model."""
+    rankdyna = _rankdyna_model(model)
+    rows = []
+    if rankdyna is not None:
+        for name, layer in rankdyna.rankdyna_layers().items():
+            shape = (layer.in_features, layer.out_features)
+            rows.append(_row(name, *shape, layer.rank, matrix_cost(layer.rank, layer.out_features, layer.in_features)))
+    elif isinstance(model, CompactModelMixin):
+        for name in model.rankdyna_ranks:
+            module = model.get_submodule(name)
+            weights = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+            rows.append(_row(name, module.in_features, module.out_features, _module_rank(module), weights))
+    else:
+        for name in default_target_names(model):
+            module = model.get_submodule(name)
+            rank = min(module.in_features, module.out_features)
+            rows.append(_row(name, module.in_features, module.out_features, rank, module.weight.numel()))
+    return sorted(rows, key=_table_order)
+
+
+def _table_order(row: MatrixRow) -> tuple:
+    kind = KIND_ORDER.index(row.kind) if row.kind in KIND_ORDER else len(KIND_ORDER)
+    return (row.layer if row.layer is not None else -1, kind, row.name)
+
+
+def _module_rank(module: nn.Module) -> int:
+    if isinstance(module, (LowRankLinear, BiasOnly)):
+        return module.rank
+    return min(module.in_features, module.out_features)
+
+
+def _row(name: str, in_features: int, out_features: int, rank: int, params: int) -> MatrixRow:
+    layer, kind = split_matrix_name(name)
+    form = truncated_form(rank, in_features, out_features)
+    return MatrixRow(name, layer, kind, in_features, out_features, rank, form, params)
+
+
+def model_parameters(model: nn.Module) -> int:
+    """Parameters of the model as it will be stored: for a RankDyna model, the compact model it merges into."""
+    rankdyna = _rankdyna_model(model)
+    unique = {id(p): (n, p) for n, p in model.named_parameters()}.values()
+    if rankdyna is None:
+        return sum(p.numel() for _, p in unique)
+    others = sum(p.numel() for n, p in unique if "rankdyna_" not in n and ".original_module." not in n)
+    return others + rankdyna.kept_params()
+
+
+def model_report(model: nn.Module, seq_len: int = 128, directory: Optional[str] = None) -> dict[str, Any]:
+    """Parameters, FLOPs per token, file size and rank table of ``model`` (saved in ``directory`` if given)."""
+    rows = matrix_table(model)
+    config = model.config
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    attention_flops = 4 * seq_len * hidden * layers
+    linear_flops = 2 * sum(row.params for row in rows)
+    report = {
+        "seq_len": seq_len,
+        "target_params": sum(row.params for row in rows),
+        "target_params_dense": sum(row.in_features * row.out_features for row in rows),
+        "model_params": model_parameters(model),
+        "linear_flops_per_token": linear_flops,
+        "attention_flops_per_token": attention_flops,
+        "flops_per_token": linear_flops + attention_flops,
+        "dense_flops_per_token": 2 * sum(r.in_features * r.out_features for r in rows) + attention_flops,
+        "matrices": [asdict(row) for row in rows],
+    }
+    report["flops_ratio"] = report["flops_per_token"] / report["dense_flops_per_token"]
+    if directory is not None:
+        report["file_size_bytes"] = os.path.getsize(os.path.join(directory, WEIGHTS_NAME))
+    return report
+
+
+def report_folder(directory: str, seq_len: int = 128) -> dict[str, Any]:
+    """:func:`model_report` of a saved folder: compact model, RankDyna adapter or dense transformers model."""
+    import json
+
+    from transformers import AutoModel
+
+    from .compact import COMPACT_MODEL_TYPE, CONFIG_NAME, AutoCompactModel
+    from .pipeline import load_rankdyna_adapter
+
+    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        return model_report(load_rankdyna_adapter(directory), seq_len)
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory} holds neither a model (config.json) nor a RankDyna adapter.")
+    with open(config_path, encoding="utf-8") as handle:
+        model_type = json.load(handle).get("model_type")
+    if model_type == COMPACT_MODEL_TYPE:
+        return model_report(AutoCompactModel.from_pretrained(directory), seq_len, directory)
+    report = model_report(AutoModel.from_pretrained(directory), seq_len)
+    weights = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(weights):
+        report["file_size_bytes"] = os.path.getsize(weights)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a plain-text table: totals, then one line per target matrix."""
+    dense = report["target_params_dense"]
+    lines = [
+        f"target-matrix params  {report['target_params']:,} of {dense:,} ({report['target_params'] / dense:.1%})",
+        f"model params          {report['model_params']:,}",
+        f"FLOPs/token @ {report['seq_len']:<6}  linear {report['linear_flops_per_token']:,}, attention "
+        f"{report['attention_flops_per_token']:,} ({report['flops_ratio']:.3f} of dense)",
+    ]
+    if "file_size_bytes" in report:
+        lines.append(f"weights on disk       {report['file_size_bytes'] / 2**20:.1f} MiB")
+    lines.append(f"\n{'matrix':<52}{'in×out':>12}{'rank':>6}  {'form':<10}{'params':>10}{'kept':>7}")
+    for row in report["matrices"]:
+        kept = row["params"] / (row["in_features"] * row["out_features"])
+        shape = f"{row['in_features']}×{row['out_features']}"
+        lines.append(f"{row['name']:<52}{shape:>12}{row['rank']:>6}  {row['form']:<10}{row['params']:>10,}{kept:>7.1%}")
+    return "\n".join(lines)
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -16,5 +173,8 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"  {'target-matrix params':<22}{before:,} -> {after:,} ({after / before:.1%})")
     before, after = results["model_params_before"], results["model_params_after"]
     lines.append(f"  {'model params':<22}{before:,} -> {after:,} ({after / before:.1%})")
+    if "compact_dir" in results:
+        lines.append(f"  {'compact model':<22}{results['compact_dir']} ({results['file_size_bytes'] / 2**20:.1f} MiB, "
+                     f"{results['flops_ratio']:.3f} of dense FLOPs/token)")
     lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s")
     return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""The compact model: truncated factors in a plain transformers model; saving and loading it.
+
+A merged target matrix keeps only its active singular groups, with the singular values folded
+into the factors, in the cheapest of three forms:
+
+- ``LowRankLinear``: ``in → r`` (no bias) then ``r → out`` (the original bias), when r·(in+out) < in·out;
+- ``nn.Linear``: one dense layer rebuilt from the factors, when factoring saves nothing;
+- ``BiasOnly``: rank 0, the layer's output is its bias.
+
+The model stays an instance of its transformers class (``isinstance(model, BertForSequenceClassification)``
+holds, so ``forward`` and its signature are the original). Its class is swapped for a subclass
+that adds :class:`CompactModelMixin`, whose ``save_pretrained`` writes a folder that plain
+transformers refuses to load rather than silently rebuilding a dense model with random weights:
+its Auto classes do not know ``model_type`` ``rankdyna_compact``, and its model classes find no
+``model.safetensors``. Load it with :meth:`AutoCompactModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional, Union
+
+import torch
+import transformers
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+COMPACT_MODEL_TYPE = "rankdyna_compact"
+COMPACT_FORMAT_VERSION = 1
+# Not transformers' file name: a plain `BertFor...from_pretrained(dir)` must find no weights rather
+# than build a dense model and initialise the factored matrices randomly.
+WEIGHTS_NAME = "rankdyna_model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class LowRankLinear(nn.Module):
+    """``x ↦ up(down(x))``: an ``in → rank → out`` factorisation of a Linear."""
+
+    def __init__(self, in_features: int, rank: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.rank, self.out_features = in_features, rank, out_features
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class BiasOnly(nn.Module):
+    """A Linear whose rank fell to 0: its output is the bias (zeros without one)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.rank, self.out_features = in_features, 0, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = x[..., :1] * 0  # keeps dtype, device and batch shape, and stays traceable
+        return zeros.expand(*x.shape[:-1], self.out_features) + (0 if self.bias is None else self.bias)
+
+
+def truncated_form(rank: int, in_features: int, out_features: int) -> str:
+    """Which module a matrix of this rank merges into: ``"bias_only"``, ``"factored"`` or ``"dense"``."""
+    if rank == 0:
+        return "bias_only"
+    return "factored" if rank * (in_features + out_features) < in_features * out_features else "dense"
+
+
+def empty_truncated_module(rank: int, in_features: int, out_features: int, bias: bool) -> nn.Module:
+    """The (uninitialised) module of :func:`truncated_form` for this rank and shape."""
+    form = truncated_form(rank, in_features, out_features)
+    if form == "bias_only":
+        return BiasOnly(in_features, out_features, bias)
+    if form == "factored":
+        return LowRankLinear(in_features, rank, out_features, bias)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+@torch.no_grad()
+def truncate(
+    U: torch.Tensor, s: torch.Tensor, Vt: torch.Tensor, keep: torch.Tensor, bias: Optional[torch.Tensor]
+) -> nn.Module:
+    """The truncated module computing ``x ↦ x (U_k diag(s_k) Vt_k)ᵀ + bias`` over the kept groups ``k``."""
+    U, s, Vt = U[:, keep], s[keep], Vt[keep]
+    module = empty_truncated_module(int(keep.sum()), Vt.shape[1], U.shape[0], bias is not None)
+    if isinstance(module, LowRankLinear):
+        module.down.weight.copy_(s[:, None] * Vt)
+        module.up.weight.copy_(U)
+    elif isinstance(module, nn.Linear):
+        module.weight.copy_((U * s) @ Vt)
+    bias_param = module.up.bias if isinstance(module, LowRankLinear) else module.bias
+    if bias is not None:
+        bias_param.copy_(bias)
+    return module.to(device=U.device, dtype=U.dtype)
+
+
+class CompactModelMixin:
+    """Adds RankDyna's compact save format to a transformers model with truncated target matrices."""
+
+    @property
+    def rankdyna_ranks(self) -> dict[str, int]:
+        """Kept rank of every target matrix, by module name."""
+        return dict(self.config.rankdyna["ranks"])
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], tokenizer: Any = None, **_: Any) -> None:
+        """Write weights (safetensors), config and, if given, the tokenizer, atomically into ``save_directory``."""
+        config = self.config.to_dict()
+        config["rankdyna"] = {**config["rankdyna"], "base_model_type": config["model_type"]}
+        config["model_type"] = COMPACT_MODEL_TYPE  # plain transformers must refuse this folder
+        config["architectures"] = [_base_class(type(self)).__name__]
+        state = {name: tensor.contiguous() for name, tensor in self.state_dict().items()}
+
+        def write(folder: str) -> None:
+            save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+            with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
+                json.dump(config, handle, indent=2, sort_keys=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+
+        atomic_write_dir(os.fspath(save_directory), write)
+
+
+def _base_class(cls: type) -> type:
+    return next(base for base in cls.__mro__[1:] if base is not CompactModelMixin and issubclass(base, nn.Module))
+
+
+_COMPACT_CLASSES: dict[type, type] = {}
+
+
+def compact_class(base_cls: type) -> type:
+    """``base_cls`` with :class:`CompactModelMixin` mixed in (one class per base, created once)."""
+    if base_cls not in _COMPACT_CLASSES:
+        _COMPACT_CLASSES[base_cls] = type(f"RankDynaCompact{base_cls.__name__}", (CompactModelMixin, base_cls), {})
+    return _COMPACT_CLASSES[base_cls]
+
+
+def make_compact(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Mark a merged transformers model as compact: record the ranks and add the compact save format."""
+    model.config.rankdyna = {"format_version": COMPACT_FORMAT_VERSION, "ranks": dict(sorted(ranks.items()))}
+    model.__class__ = compact_class(type(model))
+    return model
+
+
+def atomic_write_dir(directory: str, write: Any) -> None:
+    """Run ``write(tmp_folder)`` then move the folder into place, so ``directory`` is never half-written."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
+    try:
+        write(staging)
+        if os.path.exists(directory):
+            retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.old-")
+            os.replace(directory, os.path.join(retired, "old"))
+            os.replace(staging, directory)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class AutoCompactModel:
+    """Loads a compact folder written by ``save_pretrained`` of a merged RankDyna model.
+
+    Example:
+        ```py
+        >>> import peft_rankdyna
+        >>> model = peft_rankdyna.AutoCompactModel.from_pretrained("out/mrpc-0.5/compact")
+        ```
+    """
+
+    @staticmethod
+    def from_pretrained(directory: Union[str, os.PathLike], torch_dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """Rebuild the architecture with the recorded ranks and load the weights, checking every tensor."""
+        directory = os.fspath(directory)
+        config_dict = _read_compact_config(directory)
+        info = config_dict.pop("rankdyna")
+        config_dict["model_type"] = info["base_model_type"]
+        architecture = config_dict["architectures"][0]
+        base_cls = getattr(transformers, architecture, None)
+        if base_cls is None:
+            raise ValueError(f"{directory}: architecture {architecture!r} is not a transformers class.")
+        config = transformers.AutoConfig.for_model(**config_dict)
+        model = base_cls(config)
+        for name, rank in info["ranks"].items():
+            linear = model.get_submodule(name)
+            parent_name, _, child = name.rpartition(".")
+            module = empty_truncated_module(rank, linear.in_features, linear.out_features, linear.bias is not None)
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+        model.load_state_dict(_load_checked_weights(directory, model), assign=True)
+        model = make_compact(model, info["ranks"]).eval()
+        model.tie_weights()
+        return model.to(torch_dtype) if torch_dtype is not None else model
+
+
+def _read_compact_config(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {CONFIG_NAME} in {directory}: not a saved compact model folder.")
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if config.get("model_type") != COMPACT_MODEL_TYPE or "rankdyna" not in config:
+        raise ValueError(
+            f"{directory} holds a {config.get('model_type')!r} model, not a RankDyna compact model; "
+            "load it with transformers' Auto classes."
+        )
+    version = config["rankdyna"].get("format_version")
+    if not isinstance(version, int) or version > COMPACT_FORMAT_VERSION:
+        raise ValueError(
+            f"{directory} was written in compact format version {version}; this peft-rankdyna reads up to "
+            f"{COMPACT_FORMAT_VERSION}. Upgrade peft-rankdyna."
+        )
+    return config
+
+
+def _load_checked_weights(directory: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {WEIGHTS_NAME} in {directory}.")
+    try:
+        weights = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is unreadable or truncated ({error}).") from None
+    for name, expected in model.state_dict().items():
+        if name not in weights:
+            if _is_tied(model, name):
+                continue
+            raise ValueError(f"{path}: tensor {name!r} is missing; the weights do not match the recorded ranks.")
+        if weights[name].shape != expected.shape:
+            raise ValueError(
+                f"{path}: tensor {name!r} has shape {tuple(weights[name].shape)} but the recorded ranks give "
+                f"{tuple(expected.shape)}; the weights do not match the recorded ranks."
+            )
+    unexpected = sorted(set(weights) - set(model.state_dict()))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensor {unexpected[0]!r}; the weights do not match the recorded ranks.")
+    return weights
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    return name in (getattr(model, "_tied_weights_keys", None) or [])
