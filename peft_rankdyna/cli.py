@@ -43,6 +43,8 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="mask refresh interval: steps or fraction; default 10")
     parser.add_argument("--init-budget", type=float, default=None,
                         help="start below full rank at this fraction of the dense size (default: full rank)")
+    parser.add_argument("--rank-multiple", type=int, default=None,
+                        help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_compress)
 
@@ -65,7 +67,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
         glue_dir=args.glue_dir,
-        rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget},
+        rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
+                  "rank_multiple": args.rank_multiple},
         show_progress=not args.no_progress,
     )
     print(format_results(compress(settings)))
@@ -97,12 +100,36 @@ def _run_report(args: argparse.Namespace) -> None:
         atomic_write_text(args.json, json.dumps(report, indent=1))
 
 
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="GLUE dev metrics of a compact or dense model folder",
+        description="Score a saved model folder (compact or dense, tokenizer beside it) on a GLUE task's dev split.",
+    )
+    parser.add_argument("directory", help="compact or dense model folder with its tokenizer")
+    parser.add_argument("--task", required=True, help="GLUE task name")
+    parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
+    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .data.glue import get_task
+    from .pipeline import evaluate, load_folder, load_tokenizer
+
+    task = get_task(args.task)
+    metrics = evaluate(load_folder(args.directory), load_tokenizer(args.directory), task, args.glue_dir,
+                       args.max_seq_length)
+    print("  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankdyna`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="rankdyna", description="RankDyna: compress a Transformer in one round.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_compress(subparsers)
     _add_report(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 

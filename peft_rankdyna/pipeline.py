@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from .callback import RankDynaCallback
+from .compact import WEIGHTS_NAME
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_text
@@ -79,6 +80,22 @@ def load_rankdyna_adapter(adapter_dir: str, base_model: Optional[str] = None) ->
         )
     base = AutoModelForSequenceClassification.from_pretrained(base_path)
     return PeftModel.from_pretrained(base, adapter_dir)
+
+
+def load_folder(directory: str) -> torch.nn.Module:
+    """Any saved model folder: a RankDyna adapter (on its base), a compact model, or a dense classifier."""
+    from .compact import COMPACT_MODEL_TYPE, CONFIG_NAME, AutoCompactModel
+
+    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        return load_rankdyna_adapter(directory)
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory} holds neither a model (config.json) nor a RankDyna adapter.")
+    with open(config_path, encoding="utf-8") as handle:
+        model_type = json.load(handle).get("model_type")
+    if model_type == COMPACT_MODEL_TYPE:
+        return AutoCompactModel.from_pretrained(directory)
+    return AutoModelForSequenceClassification.from_pretrained(directory)
 
 
 def merge_adapter(adapter_dir: str, base_model: Optional[str] = None) -> torch.nn.Module:
@@ -143,6 +160,20 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     return results
 
 
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, tokenizer: Any, task: GlueTask, glue_dir: Optional[str] = None,
+             max_seq_length: int = 128, batch_size: int = 64) -> dict[str, float]:
+    """The task's GLUE metrics of ``model`` on the dev split."""
+    dev = GlueDataset(tokenizer, load_glue(task, "dev", glue_dir), max_seq_length)
+    loader = torch.utils.data.DataLoader(dev, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    model.eval()
+    predictions, labels = [], []
+    for batch in loader:
+        labels.append(batch.pop("labels"))
+        predictions.append(model(**batch).logits.float())
+    return compute_metrics(task, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+
+
 def _training_arguments(settings: CompressSettings) -> TrainingArguments:
     return TrainingArguments(
         output_dir=settings.output_dir,
@@ -172,7 +203,7 @@ def _save_compressed(model: Any, tokenizer: Any, callback: RankDynaCallback, set
     compact = model.merge_and_unload()
     compact_dir = os.path.join(output, "compact")
     compact.save_pretrained(compact_dir, tokenizer=tokenizer)
-    report = model_report(compact, settings.max_seq_length, compact_dir)
+    report = model_report(compact, settings.max_seq_length, os.path.join(compact_dir, WEIGHTS_NAME))
     atomic_write_text(os.path.join(output, "report.json"), json.dumps(report, indent=1))
     try:
         plot_rank_heatmap(matrix_table(compact), os.path.join(output, "ranks.png"))

@@ -94,8 +94,8 @@ def model_parameters(model: nn.Module) -> int:
     return others + rankdyna.kept_params()
 
 
-def model_report(model: nn.Module, seq_len: int = 128, directory: Optional[str] = None) -> dict[str, Any]:
-    """Parameters, FLOPs per token, file size and rank table of ``model`` (saved in ``directory`` if given)."""
+def model_report(model: nn.Module, seq_len: int = 128, weights_file: Optional[str] = None) -> dict[str, Any]:
+    """Parameters, FLOPs per token, rank table and, given the file it was saved to, size on disk of ``model``."""
     rows = matrix_table(model)
     config = model.config
     hidden, layers = config.hidden_size, config.num_hidden_layers
@@ -113,34 +113,18 @@ def model_report(model: nn.Module, seq_len: int = 128, directory: Optional[str] 
         "matrices": [asdict(row) for row in rows],
     }
     report["flops_ratio"] = report["flops_per_token"] / report["dense_flops_per_token"]
-    if directory is not None:
-        report["file_size_bytes"] = os.path.getsize(os.path.join(directory, WEIGHTS_NAME))
+    if weights_file is not None:
+        report["file_size_bytes"] = os.path.getsize(weights_file)
     return report
 
 
 def report_folder(directory: str, seq_len: int = 128) -> dict[str, Any]:
     """:func:`model_report` of a saved folder: compact model, RankDyna adapter or dense transformers model."""
-    import json
+    from .pipeline import load_folder
 
-    from transformers import AutoModel
-
-    from .compact import COMPACT_MODEL_TYPE, CONFIG_NAME, AutoCompactModel
-    from .pipeline import load_rankdyna_adapter
-
-    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
-        return model_report(load_rankdyna_adapter(directory), seq_len)
-    config_path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{directory} holds neither a model (config.json) nor a RankDyna adapter.")
-    with open(config_path, encoding="utf-8") as handle:
-        model_type = json.load(handle).get("model_type")
-    if model_type == COMPACT_MODEL_TYPE:
-        return model_report(AutoCompactModel.from_pretrained(directory), seq_len, directory)
-    report = model_report(AutoModel.from_pretrained(directory), seq_len)
-    weights = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(weights):
-        report["file_size_bytes"] = os.path.getsize(weights)
-    return report
+    candidates = [os.path.join(directory, name) for name in (WEIGHTS_NAME, "model.safetensors")]
+    weights = next((path for path in candidates if os.path.isfile(path)), None)
+    return model_report(load_folder(directory), seq_len, weights)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -172,3 +172,18 @@ def test_merge_with_rank_multiple(tmp_path):
         assert rank % 4 == 0 or isinstance(module, nn.Linear)
     assert sum(matrix_cost(r, compact.get_submodule(n).out_features, compact.get_submodule(n).in_features)
                for n, r in compact.rankdyna_ranks.items()) <= target
+
+
+def test_merge_a_saved_adapter(tmp_path):
+    from peft_rankdyna.pipeline import merge_adapter
+
+    tiny_model().save_pretrained(tmp_path / "base")
+    model = _trained()
+    model.save_pretrained(tmp_path / "adapter")
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        merged = merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "base")).eval()
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=0)
+    with pytest.raises(FileNotFoundError, match="Base model"):
+        merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "nowhere"))

@@ -66,3 +66,12 @@ def test_plots_are_written(tmp_path):
                 "ranks": {r.name: max(r.rank, 10 - s) for r in rows}} for s in range(5)]
     for path in (plot_rank_heatmap(rows, str(tmp_path / "h.png")), plot_history(history, 1000, str(tmp_path / "b.png"))):
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_cli_scores_a_compact_folder(tmp_path, capsys, glue_dir):
+    from test_compact import _tokenizer
+
+    _trained().merge_and_unload().save_pretrained(tmp_path / "c", tokenizer=_tokenizer(tmp_path))
+    assert main(["evaluate", str(tmp_path / "c"), "--task", "mrpc", "--glue-dir", glue_dir, "--max-seq-length", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("accuracy 0.") and "f1 " in printed
