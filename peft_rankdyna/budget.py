@@ -79,7 +79,7 @@ class Schedule:
         refresh = resolve_steps(deltaT, total_step, "deltaT")
         if refresh <= 0:
             raise ValueError(f"`deltaT` must resolve to ≥ 1 step, got {deltaT!r} of {total_step} total steps.")
-        if warmup + final >= total_step:
+        if warmup + max(final, 1) >= total_step:
             raise ValueError(
                 f"Infeasible schedule: warm-up tinit={tinit!r} ({warmup} steps) + final phase tfinal={tfinal!r} "
                 f"({final} steps) = {warmup + final} steps leaves no step to prune in within "
@@ -89,8 +89,9 @@ class Schedule:
 
     @property
     def final_start(self) -> int:
-        """First step of the final phase (mask frozen from here on)."""
-        return self.total_step - self.tfinal
+        """First step of the final phase (mask frozen from here on); at the latest the last step, so the
+        target is always reached."""
+        return self.total_step - max(self.tfinal, 1)
 
     def fraction_kept(self, step: int) -> float:
         """Where the budget stands between initial (1.0) and target (0.0) at ``step``: cubic in between."""
