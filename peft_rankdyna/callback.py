@@ -29,6 +29,17 @@ def find_rankdyna_model(model: nn.Module) -> RankDynaModel:
     )
 
 
+def check_parallelism(args: TrainingArguments) -> None:
+    """Refuse, before the first step, set-ups whose gradients RankDyna cannot read (sharded ones)."""
+    if args.fsdp or args.deepspeed:
+        which = "FSDP" if args.fsdp else "DeepSpeed"
+        raise ValueError(
+            f"RankDyna does not support {which}: it shards parameters and gradients, and the global rank "
+            "allocation needs every factor's full gradient. Train with DDP instead "
+            "(`accelerate launch --multi_gpu ...` or `torchrun --nproc_per_node N ...`)."
+        )
+
+
 class RankDynaCallback(TrainerCallback):
     """Runs RankDyna's importance update and budget allocation once per optimizer step.
 
@@ -43,11 +54,18 @@ class RankDynaCallback(TrainerCallback):
 
     The allocation history (one entry per mask refresh) is written to ``rankdyna_history.json``
     in the output directory at every save and at the end of training.
+
+    Args:
+        max_nonfinite_steps: Stop training (``RuntimeError`` naming the step) once this many
+            optimizer steps in a row had non-finite gradients. While such a streak lasts no
+            checkpoint is written, so the last checkpoint before it stays the last good one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_nonfinite_steps: int = 10) -> None:
         self.history: list[dict[str, Any]] = []
+        self.max_nonfinite_steps = max_nonfinite_steps
         self._model: Optional[RankDynaModel] = None
+        self._last_checkpoint: Optional[str] = None
 
     @classmethod
     def attach(cls, trainer: Any) -> "RankDynaCallback":
@@ -57,6 +75,7 @@ class RankDynaCallback(TrainerCallback):
         return callback
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        check_parallelism(args)
         self._model = find_rankdyna_model(kwargs["model"])
         config = self._model.rankdyna_config
         if config.total_step is None:
@@ -72,6 +91,12 @@ class RankDynaCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ):
         allocation = self._model.update_and_allocate(state.global_step)
+        streak = self._model.nonfinite_streak
+        if streak >= self.max_nonfinite_steps:
+            raise RuntimeError(
+                f"RankDyna: non-finite gradients for {streak} optimizer steps in a row, the last at step "
+                f"{state.global_step}; training stopped. Last good checkpoint: {self._last_checkpoint or 'none written'}."
+            )
         if allocation is not None:
             self.history.append(
                 {
@@ -83,11 +108,16 @@ class RankDynaCallback(TrainerCallback):
                 }
             )
 
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._model.nonfinite_streak:
+            control.should_save = False  # never checkpoint weights a non-finite step may have poisoned
+
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         if logs is not None and self._model is not None:
             logs.update(self._model.allocation_stats())
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._last_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         self.write_history(args.output_dir)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

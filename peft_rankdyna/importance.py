@@ -66,7 +66,9 @@ class GroupImportance(nn.Module):
         for factor, param, where in per_factor:
             if param.grad is None:
                 raise RuntimeError(
-                    f"Factor {factor} has no gradient: update importance after backward() and before zero_grad()."
+                    f"Factor {factor} has no gradient: update importance after backward() and before zero_grad(). "
+                    "Under FSDP or DeepSpeed the gradients live in sharded buffers, which RankDyna does not read; "
+                    "train with DDP instead."
                 )
             ema_update(
                 getattr(self, f"sensitivity_{factor}"),

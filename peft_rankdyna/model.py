@@ -49,6 +49,7 @@ class RankDynaModel(BaseTuner):
         self._allocation_calls = 0
         self._training_forwards = 0
         self._warned_no_allocation = False
+        self.nonfinite_streak = 0
         self.last_allocation: Optional[Allocation] = None
         self.last_budget: Optional[int] = None
 
@@ -155,19 +156,22 @@ class RankDynaModel(BaseTuner):
         Call after ``optimizer.step()`` and before ``optimizer.zero_grad()``, once per optimizer step
         (not per micro-batch under gradient accumulation). ``global_step`` is the 0-based index of
         the optimizer step just taken. Returns the new allocation when the mask was refreshed.
-        Steps whose gradients are not finite are skipped with a warning and never enter the EMAs.
+        Steps whose gradients are not finite are skipped with a warning and never enter the EMAs;
+        ``nonfinite_streak`` counts how many such steps came in a row.
         """
         config = self.rankdyna_config
         schedule = config.schedule()
         self._allocation_calls += 1
-        if not schedule.tracks_importance_at(global_step):
-            return None
         layers = self.rankdyna_layers()
         if not _gradients_finite(layers.values()):
+            self.nonfinite_streak += 1
             warnings.warn(
                 f"RankDyna: non-finite gradients at step {global_step}; importance not updated at this step.",
                 stacklevel=2,
             )
+            return None
+        self.nonfinite_streak = 0
+        if not schedule.tracks_importance_at(global_step):
             return None
         for layer in layers.values():
             layer.update_importance(config.beta1, config.beta2)

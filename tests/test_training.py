@@ -164,3 +164,43 @@ def test_interrupted_and_resumed_run_ends_with_the_same_masks(tmp_path):
     scores_b = [layer.group_scores() for layer in resumed.base_model.rankdyna_layers().values()]
     for a, b in zip(scores_a, scores_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-12)
+
+
+class PoisonFrom(TrainerCallback):
+    """Makes every gradient NaN from optimizer step ``step`` on (as a diverged loss would)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.step:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+
+
+def test_persistent_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
+    model = _wrapped()
+    trainer = _trainer(model, str(tmp_path), max_steps=30, callbacks=[PoisonFrom(7)])
+    trainer.callback_handler.callbacks[0].max_nonfinite_steps = 5
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(RuntimeError, match=r"5 optimizer steps in a row, the last at step 11.*checkpoint-6"):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-6"]
+
+
+def test_sharded_training_is_refused_at_start():
+    from types import SimpleNamespace
+
+    from peft_rankdyna.callback import check_parallelism
+
+    with pytest.raises(ValueError, match="does not support FSDP.*DDP"):
+        check_parallelism(SimpleNamespace(fsdp=["full_shard"], deepspeed=None))
+    with pytest.raises(ValueError, match="does not support DeepSpeed"):
+        check_parallelism(SimpleNamespace(fsdp=[], deepspeed="ds_config.json"))
+    check_parallelism(SimpleNamespace(fsdp=[], deepspeed=None))
+
+
+def test_gradient_checkpointing_works(tmp_path):
+    model = _wrapped()
+    _trainer(model, str(tmp_path), max_steps=12, gradient_checkpointing=True).train()
+    assert model.base_model.kept_params() <= model.base_model.target_params()
