@@ -185,6 +185,7 @@ class RankDynaModel(BaseTuner):
         )
         for name, layer in layers.items():
             layer.set_mask(allocation.masks[name])
+        _check_same_masks_on_all_ranks(allocation.masks, global_step)
         self.last_allocation, self.last_budget = allocation, budget
         return allocation
 
@@ -262,6 +263,30 @@ class RankDynaModel(BaseTuner):
                 "importance is not tracked and no rank will be pruned. Add `RankDynaCallback` to your Trainer, or "
                 "call `model.update_and_allocate(step)` after `optimizer.step()` in your loop.",
                 stacklevel=3,
+            )
+
+
+def _check_same_masks_on_all_ranks(masks: dict[str, torch.Tensor], step: int) -> None:
+    """Under torch.distributed, fail loudly if the processes' allocations differ (they must not)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() == 1:
+        return
+    # One fingerprint per matrix: which groups are kept, as a position-weighted sum.
+    fingerprint = torch.stack(
+        [(mask.double() * torch.arange(1, len(mask) + 1, dtype=torch.float64)).sum() for mask in masks.values()]
+    )
+    backend_device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    fingerprint = fingerprint.to(backend_device)
+    gathered = [torch.empty_like(fingerprint) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, fingerprint)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            name = list(masks)[int((other != gathered[0]).nonzero()[0])]
+            raise RuntimeError(
+                f"RankDyna: the rank allocation diverged between processes at step {step} (process {rank} differs "
+                f"from process 0 first at {name}). Importance must come from synchronised gradients: wrap the "
+                "model in DistributedDataParallel and call update_and_allocate after optimizer.step()."
             )
 
 

@@ -1,0 +1,48 @@
+"""DDP on 2 CPU processes (gloo): every process reaches the same masks, equal to one process's."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from ddp_worker import run, train
+
+from peft_rankdyna.model import _check_same_masks_on_all_ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_two_process_ddp_masks_match_each_other_and_one_process(tmp_path):
+    mp.spawn(run, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"masks-{r}.pt") for r in (0, 1))
+    single = train(rank=0, world_size=1)
+    assert any(not m.all() for m in single.values())  # it did prune
+    for name in single:
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert torch.equal(rank0[name], single[name]), name
+
+
+def _diverging(rank: int, out_dir: str, port: int) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        _check_same_masks_on_all_ranks({"layer": torch.tensor([True, rank == 0, False])}, step=7)
+    except RuntimeError as error:
+        open(os.path.join(out_dir, f"error-{rank}.txt"), "w").write(str(error))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_diverging_allocations_fail_loudly(tmp_path):
+    mp.spawn(_diverging, args=(str(tmp_path), _free_port()), nprocs=2, join=True)
+    for rank in (0, 1):
+        message = (tmp_path / f"error-{rank}.txt").read_text()
+        assert "diverged between processes at step 7" in message and "layer" in message
