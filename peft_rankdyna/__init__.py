@@ -11,6 +11,7 @@ from .config import RankDynaConfig
 from .layer import RankDynaLayer
 from .model import RankDynaModel
 from .registry import RANKDYNA_PEFT_TYPE, register_rankdyna
+from .trainer import RankDynaTrainer
 
 register_rankdyna(RankDynaConfig, RankDynaModel)
 
@@ -24,5 +25,6 @@ __all__ = [
     "RankDynaConfig",
     "RankDynaLayer",
     "RankDynaModel",
+    "RankDynaTrainer",
     "allocate",
 ]

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Optional, Union
 
 import torch
@@ -28,6 +26,8 @@ import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .io import atomic_write_dir
 
 COMPACT_MODEL_TYPE = "rankdyna_compact"
 COMPACT_FORMAT_VERSION = 1
@@ -143,26 +143,6 @@ def make_compact(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
     model.config.rankdyna = {"format_version": COMPACT_FORMAT_VERSION, "ranks": dict(sorted(ranks.items()))}
     model.__class__ = compact_class(type(model))
     return model
-
-
-def atomic_write_dir(directory: str, write: Any) -> None:
-    """Run ``write(tmp_folder)`` then move the folder into place, so ``directory`` is never half-written."""
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
-    try:
-        write(staging)
-        if os.path.exists(directory):
-            retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.old-")
-            os.replace(directory, os.path.join(retired, "old"))
-            os.replace(staging, directory)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class AutoCompactModel:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from typing import Callable
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -20,4 +22,30 @@ def atomic_write_text(path: str, text: str) -> None:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def replace_dir(source: str, destination: str) -> None:
+    """Put the complete folder ``source`` at ``destination`` by renames, retiring any folder already there."""
+    parent = os.path.dirname(os.path.abspath(destination))
+    if not os.path.exists(destination):
+        os.replace(source, destination)
+        return
+    retired = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(destination)}.old-")
+    os.replace(destination, os.path.join(retired, "old"))
+    os.replace(source, destination)
+    shutil.rmtree(retired)
+
+
+def atomic_write_dir(directory: str, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp_folder)`` then move the folder into place, so ``directory`` is never half-written."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
+    try:
+        write(staging)
+        replace_dir(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise

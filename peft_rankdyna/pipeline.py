@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from .callback import RankDynaCallback
+from .trainer import RankDynaTrainer
 from .compact import WEIGHTS_NAME
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
@@ -135,7 +136,8 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     if config is not None:
         model = get_peft_model(model, config)
 
-    trainer = Trainer(
+    trainer_cls = Trainer if config is None else RankDynaTrainer
+    trainer = trainer_cls(
         model=model,
         args=_training_arguments(settings),
         train_dataset=train,
@@ -143,7 +145,6 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
     )
-    callback = RankDynaCallback.attach(trainer) if settings.budget is not None else None
     trainer.train()
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
     results = {
@@ -153,8 +154,8 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
         "model_params_before": dense_model_params,
         "model_params_after": dense_model_params,
     }
-    if callback is not None:
-        results.update(_save_compressed(model, tokenizer, callback, settings))
+    if config is not None:
+        results.update(_save_compressed(model, tokenizer, trainer.rankdyna_callback, settings))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
     return results
