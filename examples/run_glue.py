@@ -14,7 +14,7 @@ import json
 import os
 
 from peft import get_peft_model
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from peft_rankdyna import RankDynaCallback, RankDynaConfig
 from peft_rankdyna.data.glue import GlueDataset, compute_metrics, get_task, load_glue
@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    set_seed(args.seed)  # before the head is created: every process must start from the same weights
 
     task = get_task(args.task)
     tokenizer = load_tokenizer(args.model)
@@ -46,7 +48,8 @@ def main() -> None:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(args.output, num_train_epochs=args.epochs, max_steps=args.max_steps,
-                               learning_rate=args.lr, per_device_train_batch_size=16, report_to=[]),
+                               learning_rate=args.lr, per_device_train_batch_size=16, seed=args.seed,
+                               report_to=[]),
         train_dataset=train,
         eval_dataset=dev,
         data_collator=DataCollatorWithPadding(tokenizer),
