@@ -100,6 +100,29 @@ def _run_report(args: argparse.Namespace) -> None:
         atomic_write_text(args.json, json.dumps(report, indent=1))
 
 
+def _add_merge(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge a saved RankDyna adapter into a compact model folder",
+        description="Load a saved RankDyna adapter on its base model, merge it into truncated factors and save the "
+        "compact model with the base model's tokenizer.",
+    )
+    parser.add_argument("adapter", help="RankDyna adapter folder (save_pretrained of the PEFT model)")
+    parser.add_argument("output", help="compact model folder to write")
+    parser.add_argument("--base-model", default=None, help="base model folder (default: the one the adapter records)")
+    parser.set_defaults(run=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> None:
+    from peft import PeftConfig
+
+    from .pipeline import load_tokenizer, merge_adapter
+
+    base = args.base_model or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
+    merge_adapter(args.adapter, base).save_pretrained(args.output, tokenizer=load_tokenizer(base))
+    print(f"compact model written to {args.output}")
+
+
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -129,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_compress(subparsers)
     _add_report(subparsers)
+    _add_merge(subparsers)
     _add_evaluate(subparsers)
     return parser
 

@@ -187,3 +187,20 @@ def test_merge_a_saved_adapter(tmp_path):
         torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=0)
     with pytest.raises(FileNotFoundError, match="Base model"):
         merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "nowhere"))
+
+
+def test_merge_cli_writes_a_loadable_compact_folder(tmp_path):
+    from peft_rankdyna.cli import main
+
+    tiny_model().save_pretrained(tmp_path / "base")
+    _tokenizer(tmp_path / "base")
+    BertTokenizerFast(vocab_file=str(tmp_path / "base" / "vocab.txt")).save_pretrained(tmp_path / "base")
+    model = _trained()
+    model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = model(**tiny_batch()).logits
+    assert main(["merge", str(tmp_path / "adapter"), str(tmp_path / "c"), "--base-model", str(tmp_path / "base")]) == 0
+    loaded = AutoCompactModel.from_pretrained(tmp_path / "c")
+    assert (tmp_path / "c" / "tokenizer.json").is_file()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**tiny_batch()).logits, expected, atol=1e-5, rtol=0)
