@@ -11,8 +11,8 @@ The model stays an instance of its transformers class (``isinstance(model, BertF
 holds, so ``forward`` and its signature are the original). Its class is swapped for a subclass
 that adds :class:`CompactModelMixin`, whose ``save_pretrained`` writes a folder that plain
 transformers refuses to load rather than silently rebuilding a dense model with random weights:
-its Auto classes do not know ``model_type`` ``rankdyna_compact``, and its model classes find no
-``model.safetensors``. Load it with :meth:`AutoCompactModel.from_pretrained`.
+its Auto classes stop on the unknown ``model_type``, whose text says to import ``peft_rankdyna``
+and use :class:`AutoCompactModel`; its model classes find no ``model.safetensors``. Load it with :meth:`AutoCompactModel.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from torch import nn
 
 from .io import atomic_write_dir
 
-COMPACT_MODEL_TYPE = "rankdyna_compact"
+# transformers quotes an unknown model_type in its error, so this one tells the reader what to do.
+COMPACT_MODEL_TYPE = "rankdyna_compact (import peft_rankdyna and load with peft_rankdyna.AutoCompactModel)"
 COMPACT_FORMAT_VERSION = 1
 # Not transformers' file name: a plain `BertFor...from_pretrained(dir)` must find no weights rather
 # than build a dense model and initialise the factored matrices randomly.
@@ -68,6 +69,12 @@ def truncated_form(rank: int, in_features: int, out_features: int) -> str:
     if rank == 0:
         return "bias_only"
     return "factored" if rank * (in_features + out_features) < in_features * out_features else "dense"
+
+
+def truncated_params(rank: int, in_features: int, out_features: int) -> int:
+    """Weight parameters (bias excluded) of the module a matrix of this rank merges into."""
+    form = truncated_form(rank, in_features, out_features)
+    return {"bias_only": 0, "factored": rank * (in_features + out_features), "dense": in_features * out_features}[form]
 
 
 def empty_truncated_module(rank: int, in_features: int, out_features: int, bias: bool) -> nn.Module:

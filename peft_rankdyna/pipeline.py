@@ -21,7 +21,7 @@ from transformers import (
 
 from .callback import RankDynaCallback
 from .trainer import RankDynaTrainer
-from .compact import WEIGHTS_NAME
+from .compact import WEIGHTS_NAME, truncated_params
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_text
@@ -201,6 +201,8 @@ def _save_compressed(model: Any, tokenizer: Any, callback: RankDynaCallback, set
     model.save_pretrained(os.path.join(output, "adapter"))
     callback.write_history(output)
     dense_targets = model.base_model.dense_params()
+    unrounded = sum(truncated_params(layer.rank, layer.in_features, layer.out_features)
+                    for layer in model.base_model.rankdyna_layers().values())
     compact = model.merge_and_unload()
     compact_dir = os.path.join(output, "compact")
     compact.save_pretrained(compact_dir, tokenizer=tokenizer)
@@ -211,7 +213,11 @@ def _save_compressed(model: Any, tokenizer: Any, callback: RankDynaCallback, set
         plot_history(callback.history, dense_targets, os.path.join(output, "history.png"))
     except ImportError as error:
         print(f"rankdyna: no plots written ({error})")
+    rounding = {}
+    if settings.rankdyna.get("rank_multiple"):
+        rounding = {"rank_multiple": settings.rankdyna["rank_multiple"], "target_params_before_rounding": unrounded}
     return {
+        **rounding,
         "compact_dir": compact_dir,
         "target_params_before": dense_targets,
         "target_params_after": report["target_params"],

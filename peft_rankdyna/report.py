@@ -157,6 +157,9 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"  {'target-matrix params':<22}{before:,} -> {after:,} ({after / before:.1%})")
     before, after = results["model_params_before"], results["model_params_after"]
     lines.append(f"  {'model params':<22}{before:,} -> {after:,} ({after / before:.1%})")
+    if "rank_multiple" in results:
+        lines.append(f"  {'rank rounding':<22}multiples of {results['rank_multiple']}: target params "
+                     f"{results['target_params_before_rounding']:,} allocated -> {results['target_params_after']:,}")
     if "compact_dir" in results:
         lines.append(f"  {'compact model':<22}{results['compact_dir']} ({results['file_size_bytes'] / 2**20:.1f} MiB, "
                      f"{results['flops_ratio']:.3f} of dense FLOPs/token)")

@@ -86,3 +86,18 @@ def test_merge_of_minilm_equals_the_masked_model():
         masked = model(**batch).logits
         merged = model.merge_and_unload()(**batch).logits
     assert (merged - masked).abs().max().item() <= 1e-5
+
+
+def test_rank_multiple_shows_its_effect_in_the_results(tmp_path, glue_dir):
+    from peft_rankdyna.report import format_results
+
+    settings = CompressSettings(
+        model=minilm_path(), task="mrpc", output_dir=str(tmp_path), budget=0.25, max_steps=8, batch_size=8,
+        max_seq_length=32, max_train_samples=64, max_eval_samples=16, glue_dir=glue_dir,
+        rankdyna={"tinit": 2, "tfinal": 2, "deltaT": 2, "rank_multiple": 16}, show_progress=False,
+    )
+    results = compress(settings)
+    ranks = json.loads((tmp_path / "compact" / "config.json").read_text())["rankdyna"]["ranks"]
+    assert all(rank % 16 == 0 for rank in ranks.values())  # dense-stored ones keep all 384
+    assert results["target_params_after"] <= 0.25 * results["target_params_before"]
+    assert "multiples of 16" in format_results(results)
