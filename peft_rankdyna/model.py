@@ -93,7 +93,7 @@ class RankDynaModel(BaseTuner):
         super()._mark_only_adapters_as_trainable(model)
         config = self.rankdyna_config
         if config.train_base_model and not config.inference_mode:
-            for name, param in _base_model_parameters(model):
+            for _, param in _base_model_parameters(model):
                 param.requires_grad = True
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
@@ -210,7 +210,7 @@ class RankDynaModel(BaseTuner):
 
         With ``rank_multiple`` set, ranks are first rounded down to multiples of it and the freed
         parameters re-spent globally (see :func:`~peft_rankdyna.allocator.round_to_multiple`).
-        Not in place on the returned object's modules, but it consumes this PEFT model.
+        Like PEFT's own merge, this unwraps the base model: use the returned model afterwards.
         """
         multiple = self.rankdyna_config.rank_multiple
         if multiple:
