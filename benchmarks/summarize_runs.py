@@ -88,7 +88,23 @@ def main() -> None:
                   indent=1)
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
         handle.write(markdown(runs) + f"\n\nSummarised with `python {shlex.join(sys.argv)}` on {environment}.\n")
+    for folder, run in zip(args.folders, runs):
+        if run["settings"]["budget"] is not None:
+            draw(folder, f"{args.out}-{run['settings']['task']}-{run['settings']['budget']:g}")
     print(markdown(runs))
+
+
+def draw(folder: str, prefix: str) -> None:
+    """The final rank heat map and the schedule history of one RankDyna run, as PNG files."""
+    from peft_rankdyna import AutoCompactModel
+    from peft_rankdyna.plots import plot_history, plot_rank_heatmap
+    from peft_rankdyna.report import matrix_table
+
+    rows = matrix_table(AutoCompactModel.from_pretrained(os.path.join(folder, "compact")))
+    plot_rank_heatmap(rows, prefix + "-ranks.png", title=f"Kept rank per matrix ({os.path.basename(folder)})")
+    with open(os.path.join(folder, "rankdyna_history.json"), encoding="utf-8") as handle:
+        history = json.load(handle)
+    plot_history(history, sum(row.in_features * row.out_features for row in rows), prefix + "-history.png")
 
 
 if __name__ == "__main__":
