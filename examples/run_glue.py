@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 
+import torch
 from peft import get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    set_seed(args.seed)  # before the head is created: every process must start from the same weights
+    set_seed(args.seed)
 
     task = get_task(args.task)
     tokenizer = load_tokenizer(args.model)
@@ -49,7 +50,7 @@ def main() -> None:
         model=model,
         args=TrainingArguments(args.output, num_train_epochs=args.epochs, max_steps=args.max_steps,
                                learning_rate=args.lr, per_device_train_batch_size=16, seed=args.seed,
-                               report_to=[]),
+                               report_to=[], use_cpu=not torch.cuda.is_available()),
         train_dataset=train,
         eval_dataset=dev,
         data_collator=DataCollatorWithPadding(tokenizer),
