@@ -87,6 +87,27 @@ def allocate(
     return Allocation(masks=masks, threshold=threshold, kept_params=kept_params)
 
 
+def allocate_per_matrix(
+    scores: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, int]],
+    initial_costs: Mapping[str, int],
+    budget: int,
+) -> Allocation:
+    """Ablation of the global competition: every matrix keeps the same fraction of its initial cost.
+
+    Importance still chooses *which* groups a matrix keeps, but not how many: matrix ``m`` gets
+    ``budget / sum(initial_costs) * initial_costs[m]`` parameters, spent on its best groups.
+    """
+    fraction = min(1.0, budget / max(1, sum(initial_costs.values())))
+    masks, kept, thresholds = {}, 0, []
+    for name in sorted(scores):
+        single = allocate({name: scores[name]}, {name: shapes[name]}, int(fraction * initial_costs[name]))
+        masks[name] = single.masks[name]
+        kept += single.kept_params
+        thresholds.append(single.threshold)
+    return Allocation(masks=masks, threshold=max(thresholds, default=0.0), kept_params=kept)
+
+
 def round_to_multiple(
     scores: Mapping[str, torch.Tensor],
     shapes: Mapping[str, tuple[int, int]],

@@ -43,6 +43,10 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="mask refresh interval: steps or fraction; default 10")
     parser.add_argument("--init-budget", type=float, default=None,
                         help="start below full rank at this fraction of the dense size (default: full rank)")
+    parser.add_argument("--allocation", choices=["global", "per_matrix"], default="global",
+                        help="global competition (the method) or the per_matrix ablation (same fraction everywhere)")
+    parser.add_argument("--importance-updates", choices=["dynamic", "frozen"], default="dynamic",
+                        help="re-estimate importance until the final phase (the method) or freeze it after warm-up")
     parser.add_argument("--rank-multiple", type=int, default=None,
                         help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -68,7 +72,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         max_eval_samples=args.max_eval_samples,
         glue_dir=args.glue_dir,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
-                  "rank_multiple": args.rank_multiple},
+                  "rank_multiple": args.rank_multiple, "allocation": args.allocation,
+                  "importance_updates": args.importance_updates},
         show_progress=not args.no_progress,
     )
     print(format_results(compress(settings)))

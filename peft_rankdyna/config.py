@@ -43,6 +43,11 @@ class RankDynaConfig(PeftConfig):
             embeddings, LayerNorms, pooler, head. The paper's setting: compression and task
             adaptation in one round. ``False`` trains only the factors and ``modules_to_save``.
         modules_to_save: Extra modules wrapped and saved the PEFT way (e.g. a new classifier).
+        allocation: ``"global"`` (the method): all groups of all matrices compete for one budget.
+            ``"per_matrix"`` (ablation): every matrix keeps the same fraction of its parameters and
+            importance only chooses which of its groups.
+        importance_updates: ``"dynamic"`` (the method): scores are re-estimated until the final
+            phase. ``"frozen"`` (ablation): scores stop updating at the end of the warm-up.
         rank_multiple: When merging, round every factored matrix's rank down to a multiple of this
             (e.g. 8 or 16, for hardware kernels) and re-spend the freed parameters globally, so the
             budget still holds. ``None`` keeps the allocated ranks.
@@ -73,6 +78,10 @@ class RankDynaConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules to train and save the PEFT way."}
     )
+    allocation: str = field(default="global", metadata={"help": "'global' or the 'per_matrix' ablation."})
+    importance_updates: str = field(
+        default="dynamic", metadata={"help": "'dynamic' or the 'frozen' ablation (no updates after warm-up)."}
+    )
     rank_multiple: Optional[int] = field(
         default=None, metadata={"help": "Round merged ranks down to multiples of this, re-spending the rest."}
     )
@@ -98,6 +107,10 @@ class RankDynaConfig(PeftConfig):
             raise ValueError(f"`orth_reg_weight` must be ≥ 0, got {self.orth_reg_weight}.")
         for name in ("tinit", "tfinal", "deltaT"):
             resolve_steps(getattr(self, name), self.total_step or 1, name)
+        if self.allocation not in ("global", "per_matrix"):
+            raise ValueError(f"`allocation` must be 'global' or 'per_matrix', got {self.allocation!r}.")
+        if self.importance_updates not in ("dynamic", "frozen"):
+            raise ValueError(f"`importance_updates` must be 'dynamic' or 'frozen', got {self.importance_updates!r}.")
         if self.rank_multiple is not None and (not isinstance(self.rank_multiple, int) or self.rank_multiple < 1):
             raise ValueError(f"`rank_multiple` must be None or an int ≥ 1, got {self.rank_multiple!r}.")
         if self.deltaT <= 0:

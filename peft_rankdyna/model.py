@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import (
 )
 from torch import nn
 
-from .allocator import Allocation, allocate, round_to_multiple
+from .allocator import Allocation, allocate, allocate_per_matrix, round_to_multiple
 from .budget import matrix_cost
 from .compact import make_compact
 from .config import RankDynaConfig
@@ -173,21 +173,27 @@ class RankDynaModel(BaseTuner):
         self.nonfinite_streak = 0
         if not schedule.tracks_importance_at(global_step):
             return None
-        for layer in layers.values():
-            layer.update_importance(config.beta1, config.beta2)
+        frozen = config.importance_updates == "frozen" and global_step >= schedule.tinit
+        if not frozen:
+            for layer in layers.values():
+                layer.update_importance(config.beta1, config.beta2)
         if not schedule.refreshes_at(global_step):
             return None
         budget = schedule.budget(global_step, self.initial_params(), self.target_params())
-        allocation = allocate(
-            {name: layer.group_scores() for name, layer in layers.items()},
-            {name: (layer.out_features, layer.in_features) for name, layer in layers.items()},
-            budget,
-        )
+        allocation = self._allocate(layers, budget)
         for name, layer in layers.items():
             layer.set_mask(allocation.masks[name])
         _check_same_masks_on_all_ranks(allocation.masks, global_step)
         self.last_allocation, self.last_budget = allocation, budget
         return allocation
+
+    def _allocate(self, layers: dict[str, RankDynaLayer], budget: int) -> Allocation:
+        scores = {name: layer.group_scores() for name, layer in layers.items()}
+        shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+        if self.rankdyna_config.allocation == "per_matrix":
+            initial = {name: matrix_cost(layer.initial_rank, *shapes[name]) for name, layer in layers.items()}
+            return allocate_per_matrix(scores, shapes, initial, budget)
+        return allocate(scores, shapes, budget)
 
     def allocation_stats(self) -> dict[str, float]:
         """Budget, kept parameters, score threshold and per-layer ranks, ready for ``Trainer.log``."""

@@ -9,7 +9,8 @@ from peft_rankdyna.cli import build_parser, main
 def test_help_explains_every_option():
     text = build_parser()._subparsers._group_actions[0].choices["compress"].format_help()
     for option in ["--model", "--task", "--budget", "--dense", "--glue-dir", "--tinit", "--tfinal", "--delta-t",
-                   "--init-budget", "--epochs", "--lr", "--max-steps"]:
+                   "--init-budget", "--epochs", "--lr", "--max-steps", "--allocation", "--importance-updates",
+                   "--rank-multiple"]:
         assert option in text
 
 

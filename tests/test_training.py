@@ -32,12 +32,12 @@ def _wrapped(**config):
     return get_peft_model(tiny_model(), RankDynaConfig(**{**defaults, **config}))
 
 
-def _custom_loop(model, steps, seed=0):
+def _custom_loop(model, steps, seed=0, start=0):
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = RandomTask()
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         batch = data[[(step * 8 + i) % len(data) for i in range(8)]]
         model(**batch).loss.backward()
         optimizer.step()
