@@ -1,0 +1,70 @@
+"""Truncated SVD at one uniform rank, into the compact model format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..budget import matrix_cost
+from ..compact import make_compact, truncate
+from ..layer import svd_factors
+from ..targets import default_target_names
+
+
+def uniform_rank(shapes: Mapping[str, tuple[int, int]], budget: int) -> int:
+    """The largest rank r such that all matrices truncated to r (at most their full rank) fit in ``budget``.
+
+    Counted like RankDyna's budget: out+in+1 parameters a group, a matrix capped at its dense size.
+    """
+    full = max(min(shape) for shape in shapes.values())
+    best = 0
+    for rank in range(full + 1):
+        if sum(matrix_cost(min(rank, min(o, i)), o, i) for o, i in shapes.values()) > budget:
+            break
+        best = rank
+    return best
+
+
+@torch.no_grad()
+def factor_model(
+    model: nn.Module,
+    budget: float,
+    target_modules: Optional[list[str]] = None,
+    row_importance: Optional[Mapping[str, torch.Tensor]] = None,
+) -> nn.Module:
+    """Replace every target Linear by its rank-r truncation, r uniform and chosen to meet ``budget``.
+
+    Args:
+        model: a (task-fine-tuned) transformers model; modified in place and returned as compact.
+        budget: fraction (0, 1] of the target matrices' parameters to keep.
+        target_modules: module names to factor (default: the model type's default targets).
+        row_importance: per module name, one non-negative weight per output row. Given, the SVD is
+            taken of diag(√I)·W and un-weighted after (FWSVD); absent, plain SVD.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"`budget` must be in (0, 1], got {budget}.")
+    names = target_modules or default_target_names(model)
+    if not names:
+        raise ValueError(f"No target modules found in {type(model).__name__}; pass `target_modules`.")
+    shapes = {name: (model.get_submodule(name).out_features, model.get_submodule(name).in_features) for name in names}
+    rank = uniform_rank(shapes, int(budget * sum(o * i for o, i in shapes.values())))
+    ranks = {}
+    for name in names:
+        linear = model.get_submodule(name)
+        weight = linear.weight.float()
+        held = min(weight.shape)
+        if row_importance is None:
+            U, s, Vt = svd_factors(weight, held)
+        else:
+            scale = row_importance[name].float().clamp_min(1e-12).sqrt().to(weight.device)
+            U, s, Vt = svd_factors(scale[:, None] * weight, held)
+            U = U / scale[:, None]
+        keep = torch.arange(held, device=weight.device) < rank
+        parent_name, _, child = name.rpartition(".")
+        module = truncate(U, s, Vt, keep, linear.bias).to(linear.weight.dtype)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+        ranks[name] = min(rank, held)
+    return make_compact(model, ranks)

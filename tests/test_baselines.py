@@ -1,0 +1,88 @@
+"""SVD and FWSVD baselines: budget, equivalence under uniform importance, Fisher by hand."""
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_model
+from torch import nn
+
+from peft_rankdyna.baselines import factor_model, fisher_row_importance, uniform_rank
+from peft_rankdyna.budget import matrix_cost
+from peft_rankdyna.compact import LowRankLinear
+
+
+def test_uniform_rank_is_the_largest_that_fits():
+    shapes = {"a": (32, 32), "b": (48, 32), "c": (32, 48)}
+    for budget in [0, 100, 2000, 4000, 10_000]:
+        rank = uniform_rank(shapes, budget)
+        assert sum(matrix_cost(rank, o, i) for o, i in shapes.values()) <= budget
+        if rank < 32:
+            assert sum(matrix_cost(rank + 1, o, i) for o, i in shapes.values()) > budget
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.25])
+def test_svd_baseline_honours_the_budget(budget):
+    model = factor_model(tiny_model(), budget)
+    rows = [model.get_submodule(name) for name in model.rankdyna_ranks]
+    assert len(rows) == 12
+    kept = sum(matrix_cost(r, model.get_submodule(n).out_features, model.get_submodule(n).in_features)
+               for n, r in model.rankdyna_ranks.items())
+    assert kept <= budget * sum(m.in_features * m.out_features for m in rows)
+    assert len(set(model.rankdyna_ranks.values())) == 1  # one uniform rank
+
+
+def test_svd_baseline_at_full_budget_is_the_original_model():
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = tiny_model()(**batch).logits
+        actual = factor_model(tiny_model(), 1.0)(**batch).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fwsvd_with_uniform_importance_is_svd():
+    names = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"]
+    uniform = {name: torch.full((tiny_model().get_submodule(name).out_features,), 3.0) for name in names}
+    svd = factor_model(tiny_model(), 0.3, names)
+    fwsvd = factor_model(tiny_model(), 0.3, names, row_importance=uniform)
+    for name in names:
+        a, b = svd.get_submodule(name), fwsvd.get_submodule(name)
+        assert isinstance(a, LowRankLinear)
+        torch.testing.assert_close(a.up.weight @ a.down.weight, b.up.weight @ b.down.weight, atol=1e-5, rtol=1e-4)
+
+
+def _one_linear_model(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Module()
+    model.proj = nn.Linear(16, 12)
+    model.config = type("Config", (), {"to_dict": lambda self: {"model_type": "none"}})()
+    return model
+
+
+def test_fwsvd_fits_important_rows_better_than_svd():
+    importance = torch.ones(12)
+    importance[:3] = 1e4
+    weight = _one_linear_model().proj.weight.detach().clone()
+    errors = []
+    for row_importance in (None, {"proj": importance}):
+        factored = factor_model(_one_linear_model(), 0.5, ["proj"], row_importance=row_importance).proj
+        assert factored.rank == 3
+        errors.append((factored.up.weight @ factored.down.weight - weight).pow(2).sum(dim=1).detach())
+    svd_error, fwsvd_error = errors
+    assert fwsvd_error[:3].sum() < 0.01 * svd_error[:3].sum()
+    assert fwsvd_error.sum() >= svd_error.sum()  # plain SVD is the best unweighted fit
+
+
+def test_fisher_accumulation_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = tiny_model()
+    name = "bert.encoder.layer.0.intermediate.dense"
+    batches = [{**tiny_batch(seed=s), "labels": torch.tensor([0, 1, 1, 0])} for s in range(3)]
+    expected = torch.zeros(model.get_submodule(name).out_features)
+    for batch in batches:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        expected += model.get_submodule(name).weight.grad.pow(2).sum(dim=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    importance = fisher_row_importance(model, batches, [name])
+    torch.testing.assert_close(importance[name], expected)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.get_submodule(name).weight.grad is None
