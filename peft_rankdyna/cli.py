@@ -26,6 +26,9 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget", type=float, default=0.5,
                         help="fraction (0, 1] of the target matrices' parameters to keep (default 0.5)")
     budget.add_argument("--dense", action="store_true", help="plain dense fine-tuning instead (the reference)")
+    parser.add_argument("--method", choices=["rankdyna", "svd", "fwsvd"], default="rankdyna",
+                        help="rankdyna (one round, the default); svd or fwsvd: the two-round baselines (dense "
+                        "fine-tuning, truncation at one uniform rank, fine-tuning again)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
     parser.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
@@ -62,6 +65,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         task=args.task,
         output_dir=args.output,
         budget=None if args.dense else args.budget,
+        method=args.method,
         epochs=args.epochs,
         learning_rate=args.lr,
         batch_size=args.batch_size,

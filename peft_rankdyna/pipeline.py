@@ -21,12 +21,14 @@ from transformers import (
 
 from .callback import RankDynaCallback
 from .trainer import RankDynaTrainer
+from .baselines import factor_model, fisher_row_importance
 from .compact import WEIGHTS_NAME, truncated_params
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_text
 from .plots import plot_history, plot_rank_heatmap
 from .report import matrix_table, model_parameters, model_report
+from .targets import default_target_names
 
 
 @dataclass
@@ -34,7 +36,8 @@ class CompressSettings:
     """Everything the main job needs; the CLI and the GLUE example fill it from their arguments.
 
     ``budget=None`` runs plain dense fine-tuning of the same model under the same settings, the
-    reference a compressed model is compared with.
+    reference a compressed model is compared with. ``method`` is ``"rankdyna"`` or one of the
+    two-round baselines ``"svd"`` and ``"fwsvd"``; ``rankdyna`` holds RankDynaConfig fields.
     """
 
     model: str
@@ -50,6 +53,7 @@ class CompressSettings:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     glue_dir: Optional[str] = None
+    method: str = "rankdyna"
     rankdyna: dict[str, Any] = field(default_factory=dict)
     show_progress: bool = True
 
@@ -114,48 +118,67 @@ def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
 
+METHODS = ("rankdyna", "svd", "fwsvd")
+
+
 def compress(settings: CompressSettings) -> dict[str, Any]:
     """Fine-tune (and, with a budget, compress) ``settings.model`` on ``settings.task``; returns the results.
 
-    Writes ``results.json`` and, for RankDyna, the adapter and ``rankdyna_history.json`` into
-    ``settings.output_dir``.
+    ``method="rankdyna"`` compresses while fine-tuning, in one round. ``"svd"`` and ``"fwsvd"`` are
+    the two-round baselines: dense fine-tuning, truncation at one uniform rank (FWSVD weights the
+    rows by Fisher importance gathered over the training set), then fine-tuning the factors with
+    the same settings again. Writes ``results.json``, the compact model, its report and pictures
+    (and, for RankDyna, the adapter and ``rankdyna_history.json``) into ``settings.output_dir``.
     """
     start = time.perf_counter()
     set_seed(settings.seed)
     task = get_task(settings.task)
+    if settings.method not in METHODS:
+        raise ValueError(f"Unknown method {settings.method!r}; choose one of {', '.join(METHODS)}.")
     config = None
-    if settings.budget is not None:  # validated before any slow work
+    if settings.budget is not None and settings.method == "rankdyna":  # validated before any slow work
         config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
+    elif settings.budget is not None and not 0.0 < settings.budget <= 1.0:
+        raise ValueError(f"`budget` must be in (0, 1], got {settings.budget}.")
     tokenizer = load_tokenizer(settings.model)
     train = GlueDataset(tokenizer, load_glue(task, "train", settings.glue_dir), settings.max_seq_length,
-                     settings.max_train_samples)
+                        settings.max_train_samples)
     dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
-                   settings.max_eval_samples)
+                      settings.max_eval_samples)
     model = load_model(settings.model, task)
-    dense_model_params = model_parameters(model)
-    if config is not None:
-        model = get_peft_model(model, config)
+    results: dict[str, Any] = {"settings": asdict(settings), "model_params_before": model_parameters(model)}
 
-    trainer_cls = Trainer if config is None else RankDynaTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=_training_arguments(settings),
-        train_dataset=train,
-        eval_dataset=dev,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
-    )
-    trainer.train()
-    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
-    results = {
-        "settings": asdict(settings),
-        "metrics": {name: metrics[name] for name in task.metric_names},
-        "train_steps": trainer.state.global_step,
-        "model_params_before": dense_model_params,
-        "model_params_after": dense_model_params,
-    }
-    if config is not None:
-        results.update(_save_compressed(model, tokenizer, trainer.rankdyna_callback, settings))
+    def fit(model: torch.nn.Module, trainer_cls: type = Trainer) -> Trainer:
+        trainer = trainer_cls(
+            model=model, args=_training_arguments(settings), train_dataset=train, eval_dataset=dev,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
+        )
+        trainer.train()
+        return trainer
+
+    def score(trainer: Trainer) -> None:
+        metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
+        results["metrics"] = {name: metrics[name] for name in task.metric_names}
+        results["train_steps"] = trainer.state.global_step
+
+    results["model_params_after"] = results["model_params_before"]
+    if settings.budget is None:
+        score(fit(model))
+    elif config is not None:
+        model = get_peft_model(model, config)
+        trainer = fit(model, RankDynaTrainer)
+        score(trainer)  # before merging: the merged model computes the same (tested)
+        compact, rounding = _save_rankdyna(model, trainer.rankdyna_callback, settings)
+        results.update(rounding, **_save_compact(compact, tokenizer, settings))
+    else:
+        first_round = fit(model)
+        importance = None
+        if settings.method == "fwsvd":
+            importance = fisher_row_importance(model, first_round.get_train_dataloader(), default_target_names(model))
+        compact = factor_model(model, settings.budget, row_importance=importance)
+        score(fit(compact))
+        results.update(_save_compact(compact, tokenizer, settings))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
     return results
@@ -195,31 +218,37 @@ def _training_arguments(settings: CompressSettings) -> TrainingArguments:
     )
 
 
-def _save_compressed(model: Any, tokenizer: Any, callback: RankDynaCallback, settings: CompressSettings) -> dict:
-    """Save adapter, history, compact model and pictures; return the compact model's accounting."""
+def _save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSettings) -> tuple[Any, dict]:
+    """Save the adapter, the allocation history and its plot; return the merged compact model and,
+    with ``rank_multiple``, the target parameters allocated before rounding."""
     output = settings.output_dir
     model.save_pretrained(os.path.join(output, "adapter"))
     callback.write_history(output)
-    dense_targets = model.base_model.dense_params()
-    unrounded = sum(truncated_params(layer.rank, layer.in_features, layer.out_features)
-                    for layer in model.base_model.rankdyna_layers().values())
-    compact = model.merge_and_unload()
-    compact_dir = os.path.join(output, "compact")
-    compact.save_pretrained(compact_dir, tokenizer=tokenizer)
-    report = model_report(compact, settings.max_seq_length, os.path.join(compact_dir, WEIGHTS_NAME))
-    atomic_write_text(os.path.join(output, "report.json"), json.dumps(report, indent=1))
+    layers = model.base_model.rankdyna_layers().values()
     try:
-        plot_rank_heatmap(matrix_table(compact), os.path.join(output, "ranks.png"))
-        plot_history(callback.history, dense_targets, os.path.join(output, "history.png"))
+        plot_history(callback.history, model.base_model.dense_params(), os.path.join(output, "history.png"))
     except ImportError as error:
-        print(f"rankdyna: no plots written ({error})")
+        print(f"rankdyna: no history plot written ({error})")
     rounding = {}
     if settings.rankdyna.get("rank_multiple"):
-        rounding = {"rank_multiple": settings.rankdyna["rank_multiple"], "target_params_before_rounding": unrounded}
+        allocated = sum(truncated_params(layer.rank, layer.in_features, layer.out_features) for layer in layers)
+        rounding = {"rank_multiple": settings.rankdyna["rank_multiple"], "target_params_before_rounding": allocated}
+    return model.merge_and_unload(), rounding
+
+
+def _save_compact(compact: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> dict[str, Any]:
+    """Save the compact model, its report and rank heat map; return its accounting for the results."""
+    compact_dir = os.path.join(settings.output_dir, "compact")
+    compact.save_pretrained(compact_dir, tokenizer=tokenizer)
+    report = model_report(compact, settings.max_seq_length, os.path.join(compact_dir, WEIGHTS_NAME))
+    atomic_write_text(os.path.join(settings.output_dir, "report.json"), json.dumps(report, indent=1))
+    try:
+        plot_rank_heatmap(matrix_table(compact), os.path.join(settings.output_dir, "ranks.png"))
+    except ImportError as error:
+        print(f"rankdyna: no rank heat map written ({error})")
     return {
-        **rounding,
         "compact_dir": compact_dir,
-        "target_params_before": dense_targets,
+        "target_params_before": report["target_params_dense"],
         "target_params_after": report["target_params"],
         "model_params_after": report["model_params"],
         "file_size_bytes": report["file_size_bytes"],

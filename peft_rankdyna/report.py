@@ -149,7 +149,9 @@ def format_report(report: dict[str, Any]) -> str:
 def format_results(results: dict[str, Any]) -> str:
     """A short plain-text summary of :func:`peft_rankdyna.pipeline.compress`'s results."""
     settings = results["settings"]
-    method = "dense fine-tuning" if settings["budget"] is None else f"RankDyna, budget {settings['budget']:g}"
+    names = {"rankdyna": "RankDyna", "svd": "SVD + fine-tuning", "fwsvd": "FWSVD + fine-tuning"}
+    method = "dense fine-tuning" if settings["budget"] is None else (
+        f"{names[settings.get('method', 'rankdyna')]}, budget {settings['budget']:g}")
     lines = [f"{settings['task']} dev ({method}, {results['train_steps']} steps):"]
     lines += [f"  {name:<22}{value:.4f}" for name, value in results["metrics"].items()]
     if "target_params_before" in results:

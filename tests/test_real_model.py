@@ -101,3 +101,21 @@ def test_rank_multiple_shows_its_effect_in_the_results(tmp_path, glue_dir):
     assert all(rank % 16 == 0 for rank in ranks.values())  # dense-stored ones keep all 384
     assert results["target_params_after"] <= 0.25 * results["target_params_before"]
     assert "multiples of 16" in format_results(results)
+
+
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_two_round_baselines_end_to_end(tmp_path, glue_dir, method):
+    from peft_rankdyna import AutoCompactModel
+    from peft_rankdyna.report import format_results
+
+    settings = CompressSettings(
+        model=minilm_path(), task="mrpc", output_dir=str(tmp_path), budget=0.25, method=method, max_steps=4,
+        batch_size=8, max_seq_length=32, max_train_samples=32, max_eval_samples=16, glue_dir=glue_dir,
+        show_progress=False,
+    )
+    results = compress(settings)
+    assert results["train_steps"] == 4  # of the second round
+    assert results["target_params_after"] <= 0.25 * results["target_params_before"]
+    ranks = AutoCompactModel.from_pretrained(tmp_path / "compact").rankdyna_ranks
+    assert len(ranks) == 36 and len(set(ranks.values())) == 1
+    assert ("FWSVD" if method == "fwsvd" else "SVD") in format_results(results)
