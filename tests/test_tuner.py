@@ -5,7 +5,6 @@ from peft import get_peft_model
 from peft.utils.peft_types import PeftType
 from torch import nn
 
-import peft_rankdyna
 from peft_rankdyna import RankDynaConfig, RankDynaLayer
 
 
