@@ -17,12 +17,9 @@ HISTORY_FILE = "rankdyna_history.json"
 
 def find_rankdyna_model(model: nn.Module) -> RankDynaModel:
     """The :class:`RankDynaModel` inside a ``PeftModel`` (or the model itself)."""
-    for candidate in (model, getattr(model, "base_model", None), getattr(model, "module", None)):
+    for candidate in (model, getattr(model, "base_model", None)):
         if isinstance(candidate, RankDynaModel):
             return candidate
-        inner = getattr(candidate, "base_model", None)
-        if isinstance(inner, RankDynaModel):
-            return inner
     raise ValueError(
         f"No RankDyna model found in {type(model).__name__}: wrap it with "
         "`peft.get_peft_model(model, RankDynaConfig(...))` before training."
@@ -68,9 +65,9 @@ class RankDynaCallback(TrainerCallback):
         self._last_checkpoint: Optional[str] = None
 
     @classmethod
-    def attach(cls, trainer: Any) -> "RankDynaCallback":
-        """Create the callback and register it as the Trainer's first callback."""
-        callback = cls()
+    def attach(cls, trainer: Any, callback: Optional["RankDynaCallback"] = None) -> "RankDynaCallback":
+        """Register ``callback`` (default: a new one) as the Trainer's first callback and return it."""
+        callback = callback or cls()
         trainer.callback_handler.callbacks.insert(0, callback)
         return callback
 

@@ -188,8 +188,7 @@ class RankDynaModel(BaseTuner):
         return allocation
 
     def _allocate(self, layers: dict[str, RankDynaLayer], budget: int) -> Allocation:
-        scores = {name: layer.group_scores() for name, layer in layers.items()}
-        shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+        scores, shapes = _scores_and_shapes(layers)
         if self.rankdyna_config.allocation == "per_matrix":
             initial = {name: matrix_cost(layer.initial_rank, *shapes[name]) for name, layer in layers.items()}
             return allocate_per_matrix(scores, shapes, initial, budget)
@@ -228,9 +227,10 @@ class RankDynaModel(BaseTuner):
     def round_ranks(self, multiple: int) -> None:
         """Round the current masks' ranks to multiples of ``multiple`` within the target budget."""
         layers = self.rankdyna_layers()
+        scores, shapes = _scores_and_shapes(layers)
         masks = round_to_multiple(
-            {name: layer.group_scores() for name, layer in layers.items()},
-            {name: (layer.out_features, layer.in_features) for name, layer in layers.items()},
+            scores,
+            shapes,
             {name: layer.mask for name, layer in layers.items()},
             max(self.target_params(), self.kept_params()),
             multiple,
@@ -270,6 +270,14 @@ class RankDynaModel(BaseTuner):
                 "call `model.update_and_allocate(step)` after `optimizer.step()` in your loop.",
                 stacklevel=3,
             )
+
+
+def _scores_and_shapes(
+    layers: dict[str, RankDynaLayer],
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """Group scores and ``(out, in)`` shapes per matrix, the allocator's inputs."""
+    scores = {name: layer.group_scores() for name, layer in layers.items()}
+    return scores, {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
 
 
 def _check_same_masks_on_all_ranks(masks: dict[str, torch.Tensor], step: int) -> None:

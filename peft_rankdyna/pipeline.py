@@ -63,10 +63,14 @@ class CompressSettings:
         self.glue_dir = None if self.glue_dir is None else os.fspath(self.glue_dir)
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer saved beside a model; a folder without one is a clear error."""
+def _require_model_folder(path: str) -> None:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved beside a model; a folder without one is a clear error."""
+    _require_model_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, TypeError, ValueError) as error:
@@ -110,8 +114,7 @@ def merge_adapter(adapter_dir: str, base_model: Optional[str] = None) -> torch.n
 
 def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     """A sequence-classification model from a local folder, with the task's head."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
+    _require_model_folder(path)
     kwargs: dict[str, Any] = {"num_labels": task.num_labels}
     if task.is_regression:
         kwargs["problem_type"] = "regression"

@@ -33,8 +33,7 @@ class RankDynaTrainer(Trainer):
 
     def __init__(self, *args: Any, rankdyna_callback: Optional[RankDynaCallback] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rankdyna_callback = rankdyna_callback or RankDynaCallback()
-        self.callback_handler.callbacks.insert(0, self.rankdyna_callback)
+        self.rankdyna_callback = RankDynaCallback.attach(self, rankdyna_callback)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = self._get_output_dir(trial=trial)
