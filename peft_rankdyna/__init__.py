@@ -1,7 +1,8 @@
 """peft-rankdyna: RankDyna (Hua et al., Findings of EMNLP 2023) as a PEFT method.
 
 Importing this package registers RankDyna with PEFT, so ``peft.get_peft_model(model,
-RankDynaConfig(...))`` and ``PeftModel.from_pretrained`` work like for any built-in method.
+RankDynaConfig(...))`` and ``PeftModel.from_pretrained`` work like for any built-in method; it also
+teaches transformers' Auto classes and (when installed) Optimum's ONNX exporter the compact model.
 """
 
 from .allocator import Allocation, allocate
@@ -10,10 +11,11 @@ from .compact import AutoCompactModel
 from .config import RankDynaConfig
 from .layer import RankDynaLayer
 from .model import RankDynaModel
-from .registry import RANKDYNA_PEFT_TYPE, register_rankdyna
+from .registry import RANKDYNA_PEFT_TYPE, register_compact_model, register_rankdyna
 from .trainer import RankDynaTrainer
 
 register_rankdyna(RankDynaConfig, RankDynaModel)
+register_compact_model()
 
 __version__ = "0.1.0"
 

@@ -155,6 +155,97 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print("  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a compact folder to ONNX (portable and fused graphs, optionally fp16), validated",
+        description="Export a compact model folder with Optimum: model.onnx (portable), model_fused.onnx (one fused "
+        "attention op per layer over the low-rank projections) and model_fused_ort.onnx (plus onnxruntime's "
+        "LayerNorm/Gelu fusions); --fp16 adds model_fused_fp16.onnx for GPUs. Every graph is checked against "
+        "PyTorch on real tokenised text (max |diff| <= 1e-4) and the export fails, naming the output, if not.",
+    )
+    parser.add_argument("directory", help="compact model folder (rankdyna compress/merge output)")
+    parser.add_argument("output", help="folder for the ONNX graphs, config, tokenizer and rankdyna_export.json")
+    parser.add_argument("--task", default=None, help="Optimum task (default: inferred from the model class)")
+    parser.add_argument("--fp16", action="store_true", help="also write the half-precision GPU graph")
+    parser.add_argument("--fp16-check-task", default=None,
+                        help="GLUE task whose dev set the fp16 graph is checked on (default: built-in sentence pairs)")
+    parser.add_argument("--glue-dir", default=None, help="GLUE root for --fp16-check-task (default $GLUE_DIR)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from rankdyna_exporters.export import FILE_NAMES, export
+
+    examples = None
+    if args.fp16_check_task:
+        from .data.glue import get_task, load_glue
+
+        columns = load_glue(get_task(args.fp16_check_task), "dev", args.glue_dir).texts
+        examples = list(zip(columns[0], columns[1] if len(columns) > 1 else [None] * len(columns[0])))
+    _log_progress()
+    report = export(args.directory, args.output, task=args.task, fp16=args.fp16, fp16_examples=examples,
+                    opset=args.opset)
+    for name, variant in report["variants"].items():
+        print(f"{FILE_NAMES[name]:24s} {variant['description']}")
+    print(f"written to {args.output} (details in rankdyna_export.json)")
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency of the exported graphs against the dense model (PyTorch and ONNX)",
+        description="Time PyTorch eager dense, the dense ONNX graph (raw Optimum export and its onnxruntime-"
+        "optimized form) and every graph of each export folder on one execution provider: a fresh process per "
+        "variant, shuffled rounds, medians and p90 over all timed runs. Writes OUT.json and OUT.md.",
+    )
+    parser.add_argument("exports", nargs="+", help="folders written by `rankdyna export`")
+    parser.add_argument("--dense-model", required=True, help="dense model folder to compare with (e.g. the base model)")
+    parser.add_argument("--out", required=True, help="results path without extension (.json and .md are written)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[128])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each in a new shuffled order (default 3)")
+    parser.add_argument("--runs-per-round", type=int, default=10, help="timed runs per shape per round (default 10)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs per shape first (default 5)")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default=None,
+                        help="execution provider (default: CUDA when available, else CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: one per CPU core)")
+    parser.add_argument("--work-dir", default="runs/bench", help="cache of the dense graphs (default runs/bench)")
+    parser.add_argument("--choose", type=int, nargs=2, default=None, metavar=("BATCH", "SEQ"),
+                        help="record each export's fastest graph at this shape for the provider in its "
+                        "rankdyna_export.json")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    import shlex
+
+    from rankdyna_exporters.bench import BenchSettings, benchmark
+    from rankdyna_exporters.runtime import choose_provider
+
+    _log_progress()
+    if args.choose and (args.choose[0] not in args.batch_sizes or args.choose[1] not in args.seq_lens):
+        raise ValueError(f"--choose {args.choose[0]} {args.choose[1]} is not among the timed shapes.")
+    settings = BenchSettings(batch_sizes=tuple(args.batch_sizes), seq_lens=tuple(args.seq_lens), rounds=args.rounds,
+                             runs_per_round=args.runs_per_round, warmup=args.warmup,
+                             provider=choose_provider(args.provider), threads=args.threads)
+    command = shlex.join(["rankdyna", *args.argv])
+    results = benchmark(args.exports, args.dense_model, settings, args.out, command, args.work_dir,
+                        tuple(args.choose) if args.choose else None)
+    with open(args.out + ".md", encoding="utf-8") as handle:
+        print(handle.read())
+    for label, choice in results["chosen"].items():
+        print(f"{label}: chose {choice['variant']} ({choice['why']})")
+
+
+def _log_progress() -> None:
+    import logging
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("rankdyna_exporters").setLevel(logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rankdyna`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="rankdyna", description="RankDyna: compress a Transformer in one round.")
@@ -163,16 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(subparsers)
     _add_merge(subparsers)
     _add_evaluate(subparsers)
+    _add_export(subparsers)
+    _add_bench(subparsers)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script; bad input ends with one clear line and exit code 2."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # results record the exact command
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"rankdyna {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -32,9 +32,11 @@ from .io import atomic_write_dir
 # transformers quotes an unknown model_type in its error, so this one tells the reader what to do.
 COMPACT_MODEL_TYPE = "rankdyna_compact (import peft_rankdyna and load with peft_rankdyna.AutoCompactModel)"
 COMPACT_FORMAT_VERSION = 1
+# Optimum's exporter picks a model's ONNX config by ``config.export_model_type`` when it is set.
+COMPACT_EXPORT_TYPE = "rankdyna-compact"
 # Not transformers' file name: a plain `BertFor...from_pretrained(dir)` must find no weights rather
 # than build a dense model and initialise the factored matrices randomly.
-WEIGHTS_NAME = "rankdyna_model.safetensors"
+WEIGHTS_NAME = "model.rankdyna.safetensors"
 CONFIG_NAME = "config.json"
 
 
@@ -139,15 +141,21 @@ _COMPACT_CLASSES: dict[type, type] = {}
 
 
 def compact_class(base_cls: type) -> type:
-    """``base_cls`` with :class:`CompactModelMixin` mixed in (one class per base, created once)."""
+    """``base_cls`` with :class:`CompactModelMixin` mixed in (one class per base, created once).
+
+    It keeps the base class's name and module: Optimum infers the library and the task of a model
+    from exactly those, so a compact model exports like the transformers model it is.
+    """
     if base_cls not in _COMPACT_CLASSES:
-        _COMPACT_CLASSES[base_cls] = type(f"RankDynaCompact{base_cls.__name__}", (CompactModelMixin, base_cls), {})
+        names = {"__module__": base_cls.__module__, "__qualname__": base_cls.__qualname__}
+        _COMPACT_CLASSES[base_cls] = type(base_cls.__name__, (CompactModelMixin, base_cls), names)
     return _COMPACT_CLASSES[base_cls]
 
 
 def make_compact(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
     """Mark a merged transformers model as compact: record the ranks and add the compact save format."""
     model.config.rankdyna = {"format_version": COMPACT_FORMAT_VERSION, "ranks": dict(sorted(ranks.items()))}
+    model.config.export_model_type = COMPACT_EXPORT_TYPE
     model.__class__ = compact_class(type(model))
     return model
 
@@ -174,6 +182,7 @@ class AutoCompactModel:
         if base_cls is None:
             raise ValueError(f"{directory}: architecture {architecture!r} is not a transformers class.")
         config = transformers.AutoConfig.for_model(**config_dict)
+        config._name_or_path = directory  # as transformers records it: where the model (and its tokenizer) came from
         model = base_cls(config)
         for name, rank in info["ranks"].items():
             linear = model.get_submodule(name)
@@ -232,3 +241,40 @@ def _load_checked_weights(directory: str, model: nn.Module) -> dict[str, torch.T
 
 def _is_tied(model: nn.Module, name: str) -> bool:
     return name in (getattr(model, "_tied_weights_keys", None) or [])
+
+
+class CompactConfig(transformers.PretrainedConfig):
+    """What transformers' ``AutoConfig`` reads from a compact folder once ``peft_rankdyna`` is imported.
+
+    It only routes the folder to :class:`AutoCompactModel` (through the Auto model classes); the
+    loaded model carries its base model's own config (``BertConfig``, ...).
+    """
+
+    model_type = COMPACT_MODEL_TYPE
+
+
+def auto_class_loader(auto_class: type) -> type:
+    """The class that ``auto_class.from_pretrained`` dispatches a compact folder to.
+
+    It loads the folder with :class:`AutoCompactModel` and returns the model if it is what
+    ``auto_class`` builds (``AutoModel`` on a model with a head gets its encoder, as in transformers).
+    """
+
+    def from_pretrained(cls: type, directory: Union[str, os.PathLike], *_: Any, torch_dtype: Any = None,
+                        dtype: Any = None, **__: Any) -> nn.Module:
+        model = AutoCompactModel.from_pretrained(directory, torch_dtype=_dtype(dtype or torch_dtype))
+        expected = auto_class._model_mapping[type(model.config)]
+        if isinstance(model, expected):
+            return model
+        if auto_class is transformers.AutoModel and isinstance(model.base_model, expected):
+            return model.base_model
+        raise ValueError(f"{directory} holds a compact {model.config.architectures[0]}; "
+                         f"{auto_class.__name__} builds a {expected.__name__}.")
+
+    return type(f"Compact{auto_class.__name__}", (), {"config_class": CompactConfig,
+                                                       "from_pretrained": classmethod(from_pretrained)})
+
+
+def _dtype(value: Any) -> Optional[torch.dtype]:
+    return getattr(torch, value) if isinstance(value, str) and value != "auto" else (
+        value if isinstance(value, torch.dtype) else None)

@@ -43,6 +43,9 @@ def atomic_write_dir(directory: str, write: Callable[[str], None]) -> None:
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write(staging)
         replace_dir(staging, directory)

@@ -8,7 +8,8 @@ from .report import MatrixRow
 from .targets import KIND_ORDER, split_matrix_name
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend; a clear error when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -26,7 +27,7 @@ def _kinds(names: Sequence[str]) -> list[str]:
 
 def plot_rank_heatmap(rows: Sequence[MatrixRow], path: str, title: str = "Kept rank per matrix") -> str:
     """Layers × matrix kinds; colour = kept fraction of the matrix's parameters, number = kept rank."""
-    plt = _pyplot()
+    plt = pyplot()
     kinds = _kinds([row.name for row in rows])
     layers = sorted({row.layer for row in rows if row.layer is not None})
     grid = [[float("nan")] * len(kinds) for _ in layers]
@@ -52,7 +53,7 @@ def plot_rank_heatmap(rows: Sequence[MatrixRow], path: str, title: str = "Kept r
 
 def plot_history(history: Sequence[dict[str, Any]], dense_params: int, path: str) -> str:
     """Budget and kept parameters (fraction of dense) and total rank per matrix kind over training steps."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = [entry["step"] for entry in history]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot(steps, [e["budget"] / dense_params for e in history], label="budget", drawstyle="steps-post")

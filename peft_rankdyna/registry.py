@@ -1,11 +1,17 @@
-"""The one place that teaches PEFT about RankDyna.
+"""The one place that teaches PEFT, transformers and Optimum about RankDyna.
 
 PEFT 0.21's ``register_peft_method`` only accepts names already in its ``PeftType`` enum, and
 ``PeftType`` has no RankDyna member. We add the member to the enum the way ``enum`` itself
 builds members, then register config and tuner. Everything version-specific stays in this file.
+
+transformers' Auto classes learn to load compact folders (through :class:`AutoCompactModel`),
+and, when Optimum is installed, its exporter learns the compact model type (see
+``rankdyna_exporters.onnx_config``), so ``optimum.exporters.onnx.main_export`` exports one.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 from peft.utils.peft_types import PeftType
 
@@ -39,3 +45,24 @@ def register_rankdyna(config_cls: type, model_cls: type) -> None:
     if RANKDYNA_PEFT_TYPE in PEFT_TYPE_TO_TUNER_MAPPING:
         return
     register_peft_method(name=RANKDYNA_NAME, config_cls=config_cls, model_cls=model_cls, prefix="rankdyna_")
+
+
+# The transformers Auto classes a compact folder can be loaded through (one per exportable task).
+COMPACT_AUTO_CLASSES = ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                        "AutoModelForMaskedLM", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice")
+
+
+def register_compact_model() -> None:
+    """Teach transformers' Auto classes, and Optimum's exporter when installed, the compact model type."""
+    import transformers
+
+    from .compact import COMPACT_MODEL_TYPE, CompactConfig, auto_class_loader
+
+    transformers.AutoConfig.register(COMPACT_MODEL_TYPE, CompactConfig, exist_ok=True)
+    for name in COMPACT_AUTO_CLASSES:
+        auto_class = getattr(transformers, name)
+        auto_class.register(CompactConfig, auto_class_loader(auto_class), exist_ok=True)
+    if importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.exporters.onnx"):
+        from rankdyna_exporters.onnx_config import register_onnx_config
+
+        register_onnx_config()

@@ -94,12 +94,16 @@ def model_parameters(model: nn.Module) -> int:
     return others + rankdyna.kept_params()
 
 
+def attention_flops_per_position(hidden_size: int, layers: int) -> int:
+    """Attention FLOPs per token per key position: QKᵀ and the weighted sum of V, 2 FLOPs per MAC each."""
+    return 4 * hidden_size * layers
+
+
 def model_report(model: nn.Module, seq_len: int = 128, weights_file: Optional[str] = None) -> dict[str, Any]:
     """Parameters, FLOPs per token, rank table and, given the file it was saved to, size on disk of ``model``."""
     rows = matrix_table(model)
     config = model.config
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    attention_flops = 4 * seq_len * hidden * layers
+    attention_flops = seq_len * attention_flops_per_position(config.hidden_size, config.num_hidden_layers)
     linear_flops = 2 * sum(row.params for row in rows)
     report = {
         "seq_len": seq_len,

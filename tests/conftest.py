@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -59,3 +60,29 @@ def glue_dir() -> str:
     if not os.path.isdir(os.path.join(GLUE_DIR, "MRPC")):
         pytest.skip(f"GLUE data not found at {GLUE_DIR}; set GLUE_DIR")
     return GLUE_DIR
+
+
+def tiny_tokenizer(folder: str) -> Any:
+    """A WordPiece tokenizer whose ids fit the tiny models' vocabulary (99), saved into ``folder``."""
+    from transformers import BertTokenizerFast
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters),
+             *"0123456789", ".", ",", "'", "-", "the", "a", "is", "of", "to", "in", "and"]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=path)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_compact_folder(folder: str, model_type: str = "bert", budget: float = 0.4, num_labels: int = 2,
+                        model: Optional[torch.nn.Module] = None) -> str:
+    """A tiny compact model (uniform-rank SVD of ``model`` or a tiny classifier) saved with a tokenizer."""
+    from peft_rankdyna.baselines import factor_model
+
+    compact = factor_model(model if model is not None else tiny_model(model_type, num_labels), budget)
+    compact.save_pretrained(folder, tokenizer=tiny_tokenizer(os.path.join(folder + "-tokenizer")))
+    return folder

@@ -78,7 +78,7 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
         expected = compact(**batch).logits
     compact.save_pretrained(tmp_path / "compact", tokenizer=_tokenizer(tmp_path))
     files = sorted(p.name for p in (tmp_path / "compact").iterdir())
-    assert {"config.json", "rankdyna_model.safetensors", "tokenizer.json", "vocab.txt"} <= set(files)
+    assert {"config.json", "model.rankdyna.safetensors", "tokenizer.json", "vocab.txt"} <= set(files)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folders left
     torch.save(batch, tmp_path / "batch.pt")
     script = textwrap.dedent(f"""
@@ -117,7 +117,7 @@ def test_weights_that_disagree_with_the_ranks_name_the_tensor(tmp_path):
 
 def test_truncated_weights_and_newer_format_are_clear_errors(tmp_path):
     _trained(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
-    weights = tmp_path / "c" / "rankdyna_model.safetensors"
+    weights = tmp_path / "c" / "model.rankdyna.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="unreadable or truncated"):
         AutoCompactModel.from_pretrained(tmp_path / "c")
@@ -132,7 +132,7 @@ def test_truncated_weights_and_newer_format_are_clear_errors(tmp_path):
 def test_crash_while_saving_leaves_the_previous_folder_intact(tmp_path, monkeypatch):
     compact = _trained(steps=6).merge_and_unload()
     compact.save_pretrained(tmp_path / "c")
-    before = (tmp_path / "c" / "rankdyna_model.safetensors").read_bytes()
+    before = (tmp_path / "c" / "model.rankdyna.safetensors").read_bytes()
 
     def crash(state, path, metadata=None):
         with open(path, "wb") as handle:
@@ -142,7 +142,7 @@ def test_crash_while_saving_leaves_the_previous_folder_intact(tmp_path, monkeypa
     monkeypatch.setattr(compact_module, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         compact.save_pretrained(tmp_path / "c")
-    assert (tmp_path / "c" / "rankdyna_model.safetensors").read_bytes() == before
+    assert (tmp_path / "c" / "model.rankdyna.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     AutoCompactModel.from_pretrained(tmp_path / "c")
 

@@ -63,7 +63,7 @@ def test_short_real_run_honours_the_budget(tmp_path, glue_dir):
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
     assert (torch.load(tmp_path / "c.pt") - masked).abs().max().item() <= 1e-5
-    assert results["file_size_bytes"] == (tmp_path / "out" / "compact" / "rankdyna_model.safetensors").stat().st_size
+    assert results["file_size_bytes"] == (tmp_path / "out" / "compact" / "model.rankdyna.safetensors").stat().st_size
     assert (tmp_path / "out" / "ranks.png").is_file() and (tmp_path / "out" / "history.png").is_file()
 
 

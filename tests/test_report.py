@@ -48,7 +48,7 @@ def test_report_cli_prints_and_writes_json(tmp_path, capsys):
     assert main(["report", str(tmp_path / "c"), "--json", str(tmp_path / "r.json"), "--seq-len", "64"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["seq_len"] == 64 and report["file_size_bytes"] == (tmp_path / "c" / "rankdyna_model.safetensors").stat().st_size
+    assert report["seq_len"] == 64 and report["file_size_bytes"] == (tmp_path / "c" / "model.rankdyna.safetensors").stat().st_size
     assert "bert.encoder.layer.1.output.dense" in printed and "weights on disk" in printed
 
 

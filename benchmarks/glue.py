@@ -1,0 +1,315 @@
+"""The paper's comparison on GLUE: dense fine-tuning, SVD+FT, FWSVD+FT, RankDyna and its two ablations.
+
+Run (or continue) the grid; every finished run appends one JSON line, and a rerun skips those:
+
+    GLUE_DIR=../shared/data/glue python benchmarks/glue.py run --model $MODEL \
+        --tasks mrpc cola sst2 --budgets 0.5 0.25 --seeds 42 43 --max-train-samples sst2=8000
+
+Turn the JSON lines into ``benchmarks/results/glue.{md,json,png}``:
+
+    python benchmarks/glue.py summarize
+
+Each run is one ``rankdyna compress`` command in its own process (the command is recorded with the
+result), so the wall time covers the whole pipeline — both rounds of the two-round baselines — and
+the peak memory is that process's maximum resident set size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+# Method name in the table → `rankdyna compress` flags. Dense ignores the budget axis.
+METHOD_FLAGS = {
+    "dense": ["--dense"],
+    "svd": ["--method", "svd"],
+    "fwsvd": ["--method", "fwsvd"],
+    "rankdyna": ["--method", "rankdyna"],
+    "per_matrix": ["--method", "rankdyna", "--allocation", "per_matrix"],
+    "frozen": ["--method", "rankdyna", "--importance-updates", "frozen"],
+}
+METHOD_LABELS = {"dense": "dense fine-tuning", "svd": "SVD + FT", "fwsvd": "FWSVD + FT", "rankdyna": "RankDyna",
+                 "per_matrix": "RankDyna, per-matrix allocation", "frozen": "RankDyna, frozen importance"}
+DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid; ``key`` identifies it in the JSON lines."""
+
+    model: str
+    task: str
+    method: str
+    budget: Optional[float]
+    seed: int
+    learning_rate: float
+    epochs: float
+    max_seq_length: int
+    max_train_samples: Optional[int]
+    max_steps: int
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @property
+    def name(self) -> str:
+        budget = "dense" if self.budget is None else f"{self.budget:g}"
+        return f"{self.task}-{self.method}-{budget}-s{self.seed}-lr{self.learning_rate:g}"
+
+    def command(self, output_dir: str, glue_dir: Optional[str]) -> list[str]:
+        """The `rankdyna compress` command line of this cell."""
+        parts = ["rankdyna", "compress", "--model", self.model, "--task", self.task, "--output", output_dir,
+                 *METHOD_FLAGS[self.method]]
+        if self.budget is not None:
+            parts += ["--budget", f"{self.budget:g}"]
+        parts += ["--seed", str(self.seed), "--lr", f"{self.learning_rate:g}", "--epochs", f"{self.epochs:g}",
+                  "--max-seq-length", str(self.max_seq_length), "--max-steps", str(self.max_steps), "--no-progress"]
+        if self.max_train_samples is not None:
+            parts += ["--max-train-samples", str(self.max_train_samples)]
+        if glue_dir:
+            parts += ["--glue-dir", glue_dir]
+        return parts
+
+
+def grid(args: argparse.Namespace) -> Iterator[Cell]:
+    """The cells in run order: seed-major, so a partial grid has whole seeds of the first tasks."""
+    samples = dict(args.max_train_samples)
+    for seed, task, lr, method in itertools.product(args.seeds, args.tasks, args.lrs, args.methods):
+        for budget in [None] if method == "dense" else args.budgets:
+            yield Cell(args.model, task, method, budget, seed, lr, args.epochs, args.max_seq_length,
+                       samples.get(task), args.max_steps)
+
+
+def _task_count(text: str) -> tuple[str, int]:
+    task, _, count = text.partition("=")
+    if not count.isdigit():
+        raise argparse.ArgumentTypeError(f"--max-train-samples takes TASK=N (e.g. sst2=8000), got {text!r}")
+    return task, int(count)
+
+
+def read_lines(path: str) -> list[dict[str, Any]]:
+    """The finished runs recorded in ``path`` (none when it does not exist yet)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def append_line(path: str, record: dict[str, Any]) -> None:
+    """Append one record as one line and flush it to disk, so a crash loses at most the running cell."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str]) -> dict[str, Any]:
+    """Run one cell in a fresh process; its results plus wall time and peak memory of that process."""
+    output_dir = os.path.join(work_dir, cell.name)
+    os.makedirs(output_dir, exist_ok=True)
+    command = cell.command(output_dir, glue_dir)
+    argv = [sys.executable, "-m", "peft_rankdyna.cli", *command[1:]]
+    start = time.perf_counter()
+    with open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as log:
+            tail = log.read()[-2000:]
+        raise RuntimeError(f"{cell.name} failed (exit {process.returncode}); end of its log:\n{tail}")
+    with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    return {
+        "key": cell.key, "cell": asdict(cell), "command": shlex.join(command),
+        "metrics": results["metrics"],
+        "target_params": results.get("target_params_after"), "target_params_dense": results.get("target_params_before"),
+        "model_params": results["model_params_after"], "flops_ratio": results.get("flops_ratio", 1.0),
+        "pipeline_wall_s": results["wall_time_s"], "process_wall_s": wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
+        "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Run every cell that ``args.runs`` does not hold yet; returns the number of failed cells."""
+    cells = list(grid(args))
+    done = {record["key"] for record in read_lines(args.runs)}
+    todo = [cell for cell in cells if cell.key not in done]
+    print(f"glue grid: {len(cells)} cells, {len(cells) - len(todo)} already in {args.runs}, {len(todo)} to run")
+    failures = 0
+    for index, cell in enumerate(todo, 1):
+        print(f"[{index}/{len(todo)}] {cell.name} ...", flush=True)
+        try:
+            record = run_cell(cell, args.work_dir, args.glue_dir)
+        except RuntimeError as error:
+            failures += 1
+            print(error, file=sys.stderr, flush=True)
+            continue
+        append_line(args.runs, record)
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+        print(f"    {metrics}  ({record['pipeline_wall_s']:.0f} s, {record['peak_rss_mib']:.0f} MiB)", flush=True)
+    return failures
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (task, method, budget); the learning rate with the best mean first metric."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        cell = dict(record["cell"])
+        seed_free = tuple(sorted((k, v) for k, v in cell.items() if k != "seed"))
+        groups.setdefault(seed_free, []).append(record)
+    rows = []
+    for seed_free, runs in groups.items():
+        cell = dict(seed_free)
+        metrics = {name: _mean_std([run["metrics"][name] for run in runs]) for name in runs[0]["metrics"]}
+        rows.append({**cell, "seeds": sorted(run["cell"]["seed"] for run in runs), "metrics": metrics,
+                     "target_params": runs[0]["target_params"], "model_params": runs[0]["model_params"],
+                     "flops_ratio": runs[0]["flops_ratio"],
+                     "pipeline_wall_s": _mean_std([run["pipeline_wall_s"] for run in runs]),
+                     "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+                     "commands": [run["command"] for run in runs]})
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:  # learning-rate search: keep the best mean of the task's first metric
+        key = (row["model"], row["task"], row["method"], row["budget"])
+        first = next(iter(row["metrics"].values()))["mean"]
+        if key not in best or first > next(iter(best[key]["metrics"].values()))["mean"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (r["task"], -(r["budget"] or 2.0), list(METHOD_FLAGS).index(r["method"])))
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
+    """One task's rows; within each budget the best mean per metric column is bold."""
+    rows = [row for row in rows if row["task"] == task]
+    metric_names = list(rows[0]["metrics"])
+    header = ["budget", "method", *metric_names, "target params", "model params", "FLOPs vs dense",
+              "pipeline wall s", "peak RSS MiB", "lr", "seeds"]
+    lines = [f"### {task.upper()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        peers = [other for other in rows if other["budget"] == row["budget"]]
+        cells = ["dense" if row["budget"] is None else f"{row['budget']:g}", METHOD_LABELS[row["method"]]]
+        for name in metric_names:
+            value = row["metrics"][name]
+            text = f"{value['mean']:.4f} ± {value['std']:.4f}" if value["n"] > 1 else f"{value['mean']:.4f}"
+            is_best = len(peers) > 1 and value["mean"] == max(p["metrics"][name]["mean"] for p in peers)
+            cells.append(f"**{text}**" if is_best else text)
+        target = "all" if row["budget"] is None else f"{row['target_params']:,}"
+        wall = row["pipeline_wall_s"]
+        cells += [target, f"{row['model_params']:,}", f"{row['flops_ratio']:.3f}",
+                  f"{wall['mean']:.0f} ± {wall['std']:.0f}" if wall["n"] > 1 else f"{wall['mean']:.0f}",
+                  f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}", ", ".join(map(str, row["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Score vs budget per task (first metric, mean ± std over seeds); dense as a dashed line."""
+    from peft_rankdyna.plots import pyplot
+
+    plt = pyplot()
+    tasks = sorted({row["task"] for row in rows})
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        task_rows = [row for row in rows if row["task"] == task]
+        metric = next(iter(task_rows[0]["metrics"]))
+        for method in METHOD_FLAGS:
+            points = sorted((r["budget"], r["metrics"][metric]) for r in task_rows
+                            if r["method"] == method and r["budget"] is not None)
+            if method == "dense" and any(r["method"] == "dense" for r in task_rows):
+                dense = next(r for r in task_rows if r["method"] == "dense")["metrics"][metric]["mean"]
+                axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=METHOD_LABELS[method])
+            elif points:
+                axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                              yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=METHOD_LABELS[method])
+        axis.set(title=task.upper(), xlabel="kept fraction of target-matrix parameters", ylabel=metric)
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_summary(args: argparse.Namespace) -> str:
+    """Write ``OUT.md``, ``OUT.json`` and ``OUT.png`` from the JSON lines; returns the Markdown."""
+    records = read_lines(args.runs)
+    if not records:
+        raise SystemExit(f"No finished runs in {args.runs}; run the grid first.")
+    rows = summarize(records)
+    hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']})" for r in records})
+    settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
+                ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}
+    text = "\n\n".join([
+        "# GLUE dev results: RankDyna vs SVD/FWSVD pipelines",
+        f"{len(records)} runs from `{os.path.relpath(args.runs)}`; settings shared by all methods: "
+        + "; ".join(f"{k} {', '.join(v)}" for k, v in settings.items()) + f". Hardware: {'; '.join(hosts)}.",
+        "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
+        "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT).",
+        *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
+        f"Summarised with `python {shlex.join(sys.argv)}`. Each run's command is in `{os.path.basename(args.out)}.json`.",
+    ]) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".md", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    with open(args.out + ".json", "w", encoding="utf-8") as handle:
+        json.dump({"rows": rows, "summarize_command": shlex.join(sys.argv)}, handle, indent=1)
+    plot_scores(rows, args.out + ".png")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``run`` and ``summarize``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run (or continue) the grid")
+    run.add_argument("--model", required=True, help="local model folder (e.g. the pip-installed MiniLM-L6)")
+    run.add_argument("--tasks", nargs="+", default=["mrpc", "cola", "sst2"])
+    run.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), default=list(METHOD_FLAGS))
+    run.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.25])
+    run.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    run.add_argument("--lrs", nargs="+", type=float, default=[5e-5], help="learning-rate search space (all methods)")
+    run.add_argument("--epochs", type=float, default=3.0)
+    run.add_argument("--max-seq-length", type=int, default=128)
+    run.add_argument("--max-steps", type=int, default=-1, help="cap on optimizer steps per round (smoke runs)")
+    run.add_argument("--max-train-samples", nargs="*", type=_task_count, default=[("sst2", 8000)], metavar="TASK=N",
+                     help="subsample a task's training set (default sst2=8000)")
+    run.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"))
+    run.add_argument("--work-dir", default="runs/glue", help="folder for each run's outputs and log")
+    for sub in (run, commands.add_parser("summarize", help="write the table and plot from the JSON lines")):
+        sub.add_argument("--runs", default=os.path.join(DEFAULT_RESULTS, "glue_runs.jsonl"), help="JSON lines file")
+        sub.add_argument("--out", default=os.path.join(DEFAULT_RESULTS, "glue"), help="summary path, no extension")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the grid or write its summary."""
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        failures = run_grid(args)
+        if failures:
+            print(f"{failures} cell(s) failed; rerun to retry them.", file=sys.stderr)
+        return 1 if failures else 0
+    print(write_summary(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

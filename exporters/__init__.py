@@ -1,0 +1,15 @@
+"""ONNX export of RankDyna compact models (source folder ``exporters/``, import name ``rankdyna_exporters``).
+
+- ``onnx_config``: the compact model type in Optimum's exporter (registered on ``import peft_rankdyna``);
+- ``fusion``: export-time attention modules that become one fused attention op per layer;
+- ``export`` / ``validation`` / ``fp16``: the graphs of an export folder, each checked before it is kept;
+- ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark.
+"""
+
+import importlib.util
+
+_MISSING = [name for name in ("optimum.exporters.onnx", "onnxruntime", "onnx")
+            if importlib.util.find_spec(name.split(".")[0]) is None or importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(f"ONNX export needs {', '.join(_MISSING)}: pip install 'peft-rankdyna[onnx]' "
+                      "(or 'peft-rankdyna[onnx-gpu]' for onnxruntime-gpu).")

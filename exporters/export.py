@@ -1,0 +1,171 @@
+"""Export a compact model to ONNX: the portable graph, the fused graph, optionally the fp16 GPU graph.
+
+Every graph is validated against the PyTorch model before it is kept (see ``validation``); the
+output folder is written in a staging folder and renamed into place, so a failed export leaves no
+half-written folder behind. ``rankdyna_export.json`` records what was written and measured.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterable, Optional, Union
+
+import numpy as np
+import torch
+
+from peft_rankdyna.compact import AutoCompactModel
+from peft_rankdyna.io import atomic_write_dir
+
+from . import fp16 as half
+from .fusion import MHA_OP, fuse_attention
+from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME
+from .onnx_config import VALIDATION_ATOL
+from .runtime import CPU, create_session
+from .validation import ExportValidationError, max_positions, tokenised_inputs, validate
+
+logger = logging.getLogger("rankdyna_exporters")
+
+
+
+def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str] = None, tokenizer: Any = None,
+           fp16: bool = False, fp16_examples: Optional[Iterable[tuple[str, str]]] = None,
+           opset: Optional[int] = None) -> dict[str, Any]:
+    """Export a compact folder (or model) to ``output``; returns the export report.
+
+    ``task`` defaults to the one Optimum infers from the model class. ``fp16_examples`` are the text
+    pairs the fp16 graph is checked on (default: the built-in validation pairs).
+    """
+    from optimum.exporters.tasks import TasksManager
+
+    model, tokenizer = _load(source, tokenizer)
+    task = task or TasksManager.infer_task_from_model(model)
+    report: dict[str, Any] = {"task": task, "atol": VALIDATION_ATOL, "flops": flops_per_token(model), "variants": {}}
+
+    def write(folder: str) -> None:
+        _export_with_optimum(model, folder, task, opset, tokenizer)
+        _keep(folder, PORTABLE, model, tokenizer, report)
+        fused, layers = fuse_attention(model)
+        with tempfile.TemporaryDirectory() as scratch:
+            _export_with_optimum(fused, scratch, task, opset)
+            shutil.move(os.path.join(scratch, "model.onnx"), os.path.join(folder, FILE_NAMES[FUSED]))
+        _keep(folder, FUSED, model, tokenizer, report, expected_attention=layers)
+        _onnxruntime_fusions(os.path.join(folder, FILE_NAMES[FUSED]), os.path.join(folder, FILE_NAMES[FUSED_ORT]))
+        _keep(folder, FUSED_ORT, model, tokenizer, report, expected_attention=layers)
+        if fp16:
+            _keep_fp16(folder, tokenizer, fp16_examples, report, min(128, max_positions(model.config)))
+        with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+
+    atomic_write_dir(os.fspath(output), write)
+    return report
+
+
+def _load(source: Union[str, torch.nn.Module], tokenizer: Any) -> tuple[torch.nn.Module, Any]:
+    if not isinstance(source, (str, os.PathLike)):
+        if tokenizer is None:
+            raise ValueError("Pass the tokenizer with an in-memory model; validation tokenises real text.")
+        return source.eval(), tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoCompactModel.from_pretrained(source).eval(), tokenizer or AutoTokenizer.from_pretrained(source)
+
+
+def _export_with_optimum(model: torch.nn.Module, folder: str, task: str, opset: Optional[int],
+                         tokenizer: Any = None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    # Validation is ours: real text, a strict tolerance, and an error instead of Optimum's warning.
+    onnx_export_from_model(model, folder, task=task, opset=opset, do_validation=False)
+    if tokenizer is not None:  # Optimum copies files from config._name_or_path; the tokenizer in use is the one
+        tokenizer.save_pretrained(folder)
+
+
+def _keep(folder: str, variant: str, model: torch.nn.Module, tokenizer: Any, report: dict[str, Any],
+          expected_attention: int = 0) -> None:
+    """Validate one written graph and record it; a graph that fails is removed before the error is raised."""
+    path = os.path.join(folder, FILE_NAMES[variant])
+    ops = op_counts(path)
+    try:
+        if ops.get("MultiHeadAttention", 0) != expected_attention:
+            raise ExportValidationError(f"{variant}: expected {expected_attention} MultiHeadAttention ops "
+                                        f"({MHA_OP}), the graph has {ops.get('MultiHeadAttention', 0)}.")
+        differences = validate(create_session(path, CPU), model, tokenizer, VALIDATION_ATOL, variant)
+    except ExportValidationError:
+        os.remove(path)
+        raise
+    report["variants"][variant] = {"file": FILE_NAMES[variant], "description": DESCRIPTIONS[variant],
+                                   "max_abs_diff": differences, "ops": ops}
+    logger.info("rankdyna export: %s graph validated (max |diff| %s)", variant,
+                ", ".join(f"{name} {value:.2g}" for name, value in differences.items()))
+
+
+def _onnxruntime_fusions(source: str, target: str) -> None:
+    """onnxruntime's transformer fusions (SkipLayerNorm, BiasGelu, ...) on a graph whose attention is fused already."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_attention = False  # our MultiHeadAttention ops are kept as they are
+    optimize_model(source, model_type="bert", num_heads=0, hidden_size=0, optimization_options=options,
+                   opt_level=0, use_gpu=False).save_model_to_file(target)
+
+
+def _keep_fp16(folder: str, tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]],
+               report: dict[str, Any], seq_len: int) -> None:
+    from .runtime import choose_provider
+
+    source, target = (os.path.join(folder, FILE_NAMES[name]) for name in (FUSED_ORT, FP16))
+    half.convert_to_fp16(source, target)
+    provider = choose_provider()
+    fp32_session, fp16_session = create_session(source, provider), create_session(target, provider)
+    names = [i.name for i in fp32_session.get_inputs()]
+    batches = list(_batches(tokenizer, examples, names, seq_len=seq_len))
+    result = half.agreement(fp16_session, fp32_session, batches)
+    result.update(provider=provider, examples_from="given examples" if examples is not None else "built-in pairs")
+    if result["agreement"] is not None and result["agreement"] < half.MIN_AGREEMENT:
+        os.remove(target)
+        raise ExportValidationError(f"fp16: predicts the fp32 class on only {result['agreement']:.2%} of "
+                                    f"{result['examples']} examples (need {half.MIN_AGREEMENT:.1%}); max |logit diff| "
+                                    f"{result['max_abs_diff']:.3g}. The fp16 graph was not kept.")
+    report["variants"][FP16] = {"file": FILE_NAMES[FP16], "description": DESCRIPTIONS[FP16], "against_fp32": result,
+                                "ops": op_counts(target)}
+    logger.info("rankdyna export: fp16 graph agrees with fp32 on %s of %d examples (max |diff| %.3g, %s)",
+                "n/a" if result["agreement"] is None else f"{result['agreement']:.2%}", result["examples"],
+                result["max_abs_diff"], provider)
+
+
+def _batches(tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]], names: list[str],
+             batch_size: int = 32, seq_len: int = 128) -> Iterable[dict[str, np.ndarray]]:
+    if examples is None:
+        yield tokenised_inputs(tokenizer, 16, seq_len, names)
+        return
+    pairs = list(examples)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        second = [b for _, b in chunk] if all(b is not None for _, b in chunk) else None
+        encoded = tokenizer([a for a, _ in chunk], second, padding=True, truncation=True, max_length=seq_len,
+                            return_tensors="np")
+        yield {name: encoded[name].astype(np.int64) for name in names}
+
+
+def flops_per_token(model: torch.nn.Module) -> dict[str, int]:
+    """FLOPs per token of the linear layers (compact and dense) and of attention per key position."""
+    from peft_rankdyna.report import model_report
+
+    report = model_report(model, seq_len=0)
+    return {"linear": report["linear_flops_per_token"],
+            "dense_linear": report["dense_flops_per_token"] - report["attention_flops_per_token"],
+            "attention_per_position": model_report(model, seq_len=1)["attention_flops_per_token"]}
+
+
+def op_counts(path: str) -> dict[str, int]:
+    """How many nodes of each op type the ONNX graph at ``path`` holds (most frequent first)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return dict(collections.Counter(node.op_type for node in graph.node).most_common())

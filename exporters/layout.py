@@ -1,0 +1,24 @@
+"""What an export folder holds: the graph files, their descriptions, the report; FLOP ratios from it.
+
+Kept free of torch and transformers so benchmark workers start fast.
+"""
+
+from __future__ import annotations
+
+PORTABLE, FUSED, FUSED_ORT, FP16 = "portable", "fused", "fused_ort", "fp16"
+FILE_NAMES = {PORTABLE: "model.onnx", FUSED: "model_fused.onnx", FUSED_ORT: "model_fused_ort.onnx",
+              FP16: "model_fused_fp16.onnx"}
+DESCRIPTIONS = {
+    PORTABLE: "Optimum's export of the compact model as it is (standard ONNX ops only)",
+    FUSED: "one MultiHeadAttention op per layer fed by the low-rank projections, Q/K/V input projections "
+           "merged into one MatMul",
+    FUSED_ORT: "the fused graph plus onnxruntime's SkipLayerNorm and BiasGelu fusions",
+    FP16: "the fused graph with onnxruntime's fusions in half precision (fp32 inputs/outputs, LayerNorm in fp32)",
+}
+REPORT_NAME = "rankdyna_export.json"
+
+
+def flops_ratio(flops: dict[str, int], seq_len: int) -> float:
+    """Compact/dense FLOPs per token at ``seq_len`` from an export report's ``flops`` (``export.flops_per_token``)."""
+    attention = flops["attention_per_position"] * seq_len
+    return (flops["linear"] + attention) / (flops["dense_linear"] + attention)

@@ -1,0 +1,68 @@
+"""The GLUE grid benchmark: a smoke run on a tiny model, resuming, and the summary."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+from conftest import REPO_ROOT, TINY_CONFIGS, minilm_path
+
+spec = importlib.util.spec_from_file_location("glue_benchmark", os.path.join(REPO_ROOT, "benchmarks", "glue.py"))
+glue = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = glue  # dataclasses look their module up
+spec.loader.exec_module(glue)
+
+
+@pytest.fixture
+def tiny_glue_model(tmp_path):
+    """A tiny randomly initialised BERT with MiniLM's tokenizer (GLUE text needs a real vocabulary)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = TINY_CONFIGS["bert"]()
+    config.vocab_size, config.max_position_embeddings = tokenizer.vocab_size, 128
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_dir):
+    runs = str(tmp_path / "runs.jsonl")
+    args = ["run", "--model", tiny_glue_model, "--tasks", "mrpc", "--budgets", "0.5", "--seeds", "1",
+            "--max-steps", "2", "--max-seq-length", "64", "--max-train-samples", "mrpc=32", "--glue-dir", glue_dir,
+            "--work-dir", str(tmp_path / "work"), "--runs", runs]
+    assert glue.main(args) == 0
+    records = glue.read_lines(runs)
+    assert sorted(r["cell"]["method"] for r in records) == sorted(glue.METHOD_FLAGS)
+    for record in records:
+        assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 100
+        assert record["pipeline_wall_s"] > 0 and record["command"].startswith("rankdyna compress")
+        if record["cell"]["method"] != "dense":
+            assert record["target_params"] <= 0.5 * record["target_params_dense"]
+    assert glue.main(args) == 0  # a rerun finds every cell done
+    assert len(glue.read_lines(runs)) == len(records)
+    out = str(tmp_path / "glue")
+    assert glue.main(["summarize", "--runs", runs, "--out", out]) == 0
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "### MRPC" in text and "**" in text and "RankDyna, frozen importance" in text
+    assert os.path.getsize(out + ".png") > 0
+    assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 6
+
+
+def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
+    def record(seed, lr, accuracy):
+        cell = dict(model="m", task="mrpc", method="rankdyna", budget=0.5, seed=seed, learning_rate=lr, epochs=3.0,
+                    max_seq_length=128, max_train_samples=None, max_steps=-1)
+        return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
+                "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "peak_rss_mib": 100.0, "command": "c"}
+
+    rows = glue.summarize([record(1, 1e-5, 0.5), record(2, 1e-5, 0.7), record(1, 5e-5, 0.8), record(2, 5e-5, 0.9)])
+    assert len(rows) == 1 and rows[0]["learning_rate"] == 5e-5
+    assert rows[0]["metrics"]["accuracy"]["mean"] == pytest.approx(0.85)
+    assert rows[0]["metrics"]["accuracy"]["std"] == pytest.approx(0.0707, abs=1e-3)
+
+
+def test_task_sample_limits_must_name_the_task():
+    with pytest.raises(SystemExit):
+        glue.main(["run", "--model", "m", "--max-train-samples", "8000"])
