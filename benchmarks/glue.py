@@ -139,6 +139,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str]) -> dict[str, An
         "target_params": results.get("target_params_after"), "target_params_dense": results.get("target_params_before"),
         "model_params": results["model_params_after"], "flops_ratio": results.get("flops_ratio", 1.0),
         "pipeline_wall_s": results["wall_time_s"], "process_wall_s": wall,
+        "process_cpu_s": usage.ru_utime + usage.ru_stime,  # unaffected by pauses, unlike the wall times
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -181,6 +182,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "target_params": runs[0]["target_params"], "model_params": runs[0]["model_params"],
                      "flops_ratio": runs[0]["flops_ratio"],
                      "pipeline_wall_s": _mean_std([run["pipeline_wall_s"] for run in runs]),
+                     "process_cpu_s": _mean_std([r["process_cpu_s"] for r in runs if "process_cpu_s" in r] or [0.0]),
+                     "threads": sorted({str(run["threads"]) for run in runs}),
                      "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
                      "commands": [run["command"] for run in runs]})
     best: dict[tuple, dict[str, Any]] = {}
@@ -197,26 +200,32 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
             "n": len(values)}
 
 
+def _mean_text(value: dict[str, float], digits: int) -> str:
+    if value["mean"] == 0.0:
+        return "—"  # not recorded
+    text = f"{value['mean']:.{digits}f}"
+    return text + f" ± {value['std']:.{digits}f}" if value["n"] > 1 else text
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
     """One task's rows; within each budget the best mean per metric column is bold."""
     rows = [row for row in rows if row["task"] == task]
     metric_names = list(rows[0]["metrics"])
     header = ["budget", "method", *metric_names, "target params", "model params", "FLOPs vs dense",
-              "pipeline wall s", "peak RSS MiB", "lr", "seeds"]
+              "pipeline wall s", "CPU s", "threads", "peak RSS MiB", "lr", "seeds"]
     lines = [f"### {task.upper()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         peers = [other for other in rows if other["budget"] == row["budget"]]
         cells = ["dense" if row["budget"] is None else f"{row['budget']:g}", METHOD_LABELS[row["method"]]]
         for name in metric_names:
             value = row["metrics"][name]
-            text = f"{value['mean']:.4f} ± {value['std']:.4f}" if value["n"] > 1 else f"{value['mean']:.4f}"
+            text = _mean_text(value, 4)
             is_best = len(peers) > 1 and value["mean"] == max(p["metrics"][name]["mean"] for p in peers)
             cells.append(f"**{text}**" if is_best else text)
         target = "all" if row["budget"] is None else f"{row['target_params']:,}"
-        wall = row["pipeline_wall_s"]
         cells += [target, f"{row['model_params']:,}", f"{row['flops_ratio']:.3f}",
-                  f"{wall['mean']:.0f} ± {wall['std']:.0f}" if wall["n"] > 1 else f"{wall['mean']:.0f}",
-                  f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}", ", ".join(map(str, row["seeds"]))]
+                  _mean_text(row["pipeline_wall_s"], 0), _mean_text(row["process_cpu_s"], 0),
+                  ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}", ", ".join(map(str, row["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -262,9 +271,11 @@ def write_summary(args: argparse.Namespace) -> str:
         f"{len(records)} runs from `{os.path.relpath(args.runs)}`; settings shared by all methods: "
         + "; ".join(f"{k} {', '.join(v)}" for k, v in settings.items()) + f". Hardware: {'; '.join(hosts)}.",
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
-        "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT).",
+        "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
+        "run's process user+system time (— where not recorded).",
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
-        f"Summarised with `python {shlex.join(sys.argv)}`. Each run's command is in `{os.path.basename(args.out)}.json`.",
+        f"Summarised with `python {shlex.join(sys.argv)}`. "
+        f"Each run's command is in `{os.path.basename(args.out)}.json`.",
     ]) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md", "w", encoding="utf-8") as handle:

@@ -39,7 +39,8 @@ class ExportValidationError(ValueError):
     """An exported graph computes something other than the model it was exported from."""
 
 
-def tokenised_inputs(tokenizer: Any, batch_size: int, seq_len: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+def tokenised_inputs(tokenizer: Any, batch_size: int, seq_len: int,
+                     input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """``batch_size`` real sentence pairs padded/truncated to ``seq_len``, as int64 arrays for ``input_names``."""
     pairs = [SENTENCE_PAIRS[i % len(SENTENCE_PAIRS)] for i in range(batch_size)]
     encoded = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding="max_length", truncation=True,

@@ -12,7 +12,8 @@ holds, so ``forward`` and its signature are the original). Its class is swapped 
 that adds :class:`CompactModelMixin`, whose ``save_pretrained`` writes a folder that plain
 transformers refuses to load rather than silently rebuilding a dense model with random weights:
 its Auto classes stop on the unknown ``model_type``, whose text says to import ``peft_rankdyna``
-and use :class:`AutoCompactModel`; its model classes find no ``model.safetensors``. Load it with :meth:`AutoCompactModel.from_pretrained`.
+and use :class:`AutoCompactModel`; its model classes find no ``model.safetensors``. Load it with
+:meth:`AutoCompactModel.from_pretrained` (or, once ``peft_rankdyna`` is imported, transformers' Auto classes).
 """
 
 from __future__ import annotations
