@@ -99,3 +99,22 @@ def runner(session: Any, feeds: dict[str, Any]) -> Callable[[], Any]:
     for output in session.get_outputs():
         binding.bind_output(output.name, "cuda")
     return lambda: session.run_with_iobinding(binding)
+
+
+def chosen_graph(export_dir: str, provider: str) -> str:
+    """Path of the graph ``rankdyna bench --choose`` measured fastest on ``provider`` for this export.
+
+    Without a recorded choice for ``provider`` it is the portable ``model.onnx``, and the log says so.
+    """
+    import json
+
+    from .layout import FILE_NAMES, PORTABLE, REPORT_NAME
+
+    with open(os.path.join(export_dir, REPORT_NAME), encoding="utf-8") as handle:
+        chosen = json.load(handle).get("chosen", {})
+    if provider in chosen:
+        logger.info("rankdyna: %s for %s (%s)", chosen[provider]["file"], provider, chosen[provider]["why"])
+        return os.path.join(export_dir, chosen[provider]["file"])
+    logger.info("rankdyna: no graph measured on %s for %s (run `rankdyna bench --choose`); using %s", provider,
+                export_dir, FILE_NAMES[PORTABLE])
+    return os.path.join(export_dir, FILE_NAMES[PORTABLE])

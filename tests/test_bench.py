@@ -7,6 +7,7 @@ from conftest import tiny_compact_folder, tiny_model
 
 pytest.importorskip("optimum.exporters.onnx", reason="pip install 'peft-rankdyna[onnx]'")
 
+from rankdyna_exporters import runtime  # noqa: E402
 from rankdyna_exporters.bench import (  # noqa: E402
     ONNX_DENSE_ORT,
     ONNX_DENSE_RAW,
@@ -59,3 +60,28 @@ def test_benchmark_runs_on_a_tiny_model(tmp_path):
     assert chosen["file"].endswith(".onnx") and chosen["shape"] == [2, 16]
     text = (tmp_path / "lat.md").read_text()
     assert "Command: `rankdyna bench ...`" in text and "CPUExecutionProvider" in text
+    assert runtime.chosen_graph(str(tmp_path / "onnx"), runtime.CPU).endswith(chosen["file"])
+    assert runtime.chosen_graph(str(tmp_path / "onnx"), runtime.CUDA).endswith("model.onnx")  # nothing measured
+
+
+def test_cli_bench_refuses_a_choice_outside_the_timed_shapes(tmp_path, capsys):
+    from peft_rankdyna.cli import main
+
+    code = main(["bench", str(tmp_path), "--dense-model", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--batch-sizes", "1", "--choose", "8", "128"])
+    assert code == 2 and "not among the timed shapes" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_benchmark_on_cuda_uses_io_binding(tmp_path):
+    if not runtime.cuda_available():
+        pytest.skip("needs onnxruntime-gpu and a CUDA device")
+    from rankdyna_exporters.export import export
+
+    export(tiny_compact_folder(str(tmp_path / "compact")), tmp_path / "onnx", fp16=True)
+    tiny_model().save_pretrained(tmp_path / "dense")
+    settings = BenchSettings(batch_sizes=(2,), seq_lens=(16,), rounds=1, runs_per_round=3, warmup=1,
+                             provider=runtime.CUDA)
+    results = benchmark([str(tmp_path / "onnx")], str(tmp_path / "dense"), settings, str(tmp_path / "lat"),
+                        "rankdyna bench ...", str(tmp_path / "work"))
+    assert "onnx fp16" in {r["variant"] for r in results["rows"]} and "gpu" in results["environment"]
