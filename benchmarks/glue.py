@@ -142,8 +142,16 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str]) -> dict[str, An
         "process_cpu_s": usage.ru_utime + usage.ru_stime,  # unaffected by pauses, unlike the wall times
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
+        "commit": git_commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def git_commit() -> str:
+    """The repository's current commit (short hash), or "unknown" outside a git checkout."""
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def run_grid(args: argparse.Namespace) -> int:
@@ -264,12 +272,14 @@ def write_summary(args: argparse.Namespace) -> str:
         raise SystemExit(f"No finished runs in {args.runs}; run the grid first.")
     rows = summarize(records)
     hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']})" for r in records})
+    commits = sorted({r.get("commit", "unknown") for r in records})
     settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
                 ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}
     text = "\n\n".join([
         "# GLUE dev results: RankDyna vs SVD/FWSVD pipelines",
         f"{len(records)} runs from `{os.path.relpath(args.runs)}`; settings shared by all methods: "
-        + "; ".join(f"{k} {', '.join(v)}" for k, v in settings.items()) + f". Hardware: {'; '.join(hosts)}.",
+        + "; ".join(f"{k} {', '.join(v)}" for k, v in settings.items()) + f". Hardware: {'; '.join(hosts)}. "
+        f"Code: commit {', '.join(commits)} (summarised at {git_commit()}).",
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
         "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
         "run's process user+system time (— where not recorded).",

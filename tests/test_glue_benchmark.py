@@ -55,7 +55,8 @@ def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
         cell = dict(model="m", task="mrpc", method="rankdyna", budget=0.5, seed=seed, learning_rate=lr, epochs=3.0,
                     max_seq_length=128, max_train_samples=None, max_steps=-1)
         return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
-                "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "peak_rss_mib": 100.0, "command": "c"}
+                "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "process_cpu_s": 9.0, "threads": "1",
+                "peak_rss_mib": 100.0, "command": "c"}
 
     rows = glue.summarize([record(1, 1e-5, 0.5), record(2, 1e-5, 0.7), record(1, 5e-5, 0.8), record(2, 5e-5, 0.9)])
     assert len(rows) == 1 and rows[0]["learning_rate"] == 5e-5
