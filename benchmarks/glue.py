@@ -200,7 +200,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         first = next(iter(row["metrics"].values()))["mean"]
         if key not in best or first > next(iter(best[key]["metrics"].values()))["mean"]:
             best[key] = row
-    return sorted(best.values(), key=lambda r: (r["task"], -(r["budget"] or 2.0), list(METHOD_FLAGS).index(r["method"])))
+    methods = list(METHOD_FLAGS)
+    return sorted(best.values(), key=lambda r: (r["task"], -(r["budget"] or 2.0), methods.index(r["method"])))
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -233,7 +234,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
         target = "all" if row["budget"] is None else f"{row['target_params']:,}"
         cells += [target, f"{row['model_params']:,}", f"{row['flops_ratio']:.3f}",
                   _mean_text(row["pipeline_wall_s"], 0), _mean_text(row["process_cpu_s"], 0),
-                  ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}", ", ".join(map(str, row["seeds"]))]
+                  ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}",
+                  ", ".join(map(str, row["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,8 +8,11 @@
 
 import importlib.util
 
-_MISSING = [name for name in ("optimum.exporters.onnx", "onnxruntime", "onnx")
-            if importlib.util.find_spec(name.split(".")[0]) is None or importlib.util.find_spec(name) is None]
-if _MISSING:
-    raise ImportError(f"ONNX export needs {', '.join(_MISSING)}: pip install 'peft-rankdyna[onnx]' "
-                      "(or 'peft-rankdyna[onnx-gpu]' for onnxruntime-gpu).")
+
+def require_onnx_extras() -> None:
+    """Raise one clear ImportError when the ``onnx`` extra is not installed."""
+    missing = [name for name in ("optimum.exporters.onnx", "onnxruntime", "onnx")
+               if importlib.util.find_spec(name.split(".")[0]) is None or importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'peft-rankdyna[onnx]' "
+                          "(or 'peft-rankdyna[onnx-gpu]' for onnxruntime-gpu).")

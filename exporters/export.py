@@ -21,12 +21,16 @@ import torch
 from peft_rankdyna.compact import AutoCompactModel
 from peft_rankdyna.io import atomic_write_dir
 
-from . import fp16 as half
-from .fusion import MHA_OP, fuse_attention
-from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME
-from .onnx_config import VALIDATION_ATOL
-from .runtime import CPU, create_session
-from .validation import ExportValidationError, max_positions, tokenised_inputs, validate
+from . import require_onnx_extras
+
+require_onnx_extras()  # one clear error before the imports below need optimum
+
+from . import fp16 as half  # noqa: E402
+from .fusion import MHA_OP, fuse_attention  # noqa: E402
+from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME  # noqa: E402
+from .onnx_config import VALIDATION_ATOL  # noqa: E402
+from .runtime import CPU, create_session  # noqa: E402
+from .validation import ExportValidationError, max_positions, tokenised_inputs, validate  # noqa: E402
 
 logger = logging.getLogger("rankdyna_exporters")
 

@@ -11,6 +11,9 @@ import logging
 import os
 from typing import Any, Callable, Optional
 
+from . import require_onnx_extras
+
+require_onnx_extras()
 logger = logging.getLogger("rankdyna_exporters")
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
