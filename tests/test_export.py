@@ -224,3 +224,14 @@ def test_fp16_graph_on_cuda(tmp_path):
     report = export(folder, tmp_path / "onnx", fp16=True)
     check = report["variants"][FP16]["against_fp32"]
     assert check["provider"] == runtime.CUDA and check["agreement"] >= 0.995
+
+
+def test_missing_onnx_extra_is_one_clear_import_error(monkeypatch):
+    import importlib.util
+
+    import rankdyna_exporters
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ImportError, match=r"needs onnxruntime: pip install 'peft-rankdyna\[onnx\]'"):
+        rankdyna_exporters.require_onnx_extras()
