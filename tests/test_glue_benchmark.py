@@ -37,7 +37,8 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
     assert sorted(r["cell"]["method"] for r in records) == sorted(glue.METHOD_FLAGS)
     for record in records:
         assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 100
-        assert record["pipeline_wall_s"] > 0 and record["command"].startswith("rankdyna compress")
+        assert record["pipeline_wall_s"] > 0 and record["process_cpu_s"] > 0 and record["commit"]
+        assert record["command"].startswith("rankdyna compress")
         if record["cell"]["method"] != "dense":
             assert record["target_params"] <= 0.5 * record["target_params_dense"]
     assert glue.main(args) == 0  # a rerun finds every cell done
