@@ -285,6 +285,7 @@ def write_summary(args: argparse.Namespace) -> str:
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
         "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
         "run's process user+system time (— where not recorded).",
+        *(f"**Note:** {note}" for note in args.note),
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
         f"Summarised with `python {shlex.join(sys.argv)}`. "
         f"Each run's command is in `{os.path.basename(args.out)}.json`.",
@@ -316,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subsample a task's training set (default sst2=8000)")
     run.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"))
     run.add_argument("--work-dir", default="runs/glue", help="folder for each run's outputs and log")
-    for sub in (run, commands.add_parser("summarize", help="write the table and plot from the JSON lines")):
+    summary = commands.add_parser("summarize", help="write the table and plot from the JSON lines")
+    summary.add_argument("--note", action="append", default=[], help="a caveat printed above the tables")
+    for sub in (run, summary):
         sub.add_argument("--runs", default=os.path.join(DEFAULT_RESULTS, "glue_runs.jsonl"), help="JSON lines file")
         sub.add_argument("--out", default=os.path.join(DEFAULT_RESULTS, "glue"), help="summary path, no extension")
     return parser
