@@ -268,7 +268,10 @@ def auto_class_loader(auto_class: type) -> type:
         if isinstance(model, expected):
             return model
         if auto_class is transformers.AutoModel and isinstance(model.base_model, expected):
-            return model.base_model
+            prefix = model.base_model_prefix + "."
+            ranks = {name.removeprefix(prefix): rank for name, rank in model.rankdyna_ranks.items()
+                     if name.startswith(prefix)}
+            return make_compact(model.base_model, ranks)  # the encoder saves in the compact format too
         raise ValueError(f"{directory} holds a compact {model.config.architectures[0]}; "
                          f"{auto_class.__name__} builds a {expected.__name__}.")
 

@@ -110,6 +110,10 @@ def test_transformers_auto_classes_load_a_compact_folder(tmp_path):
     assert model.rankdyna_ranks == AutoCompactModel.from_pretrained(folder).rankdyna_ranks
     encoder = AutoModel.from_pretrained(folder)
     assert type(encoder).__name__ == "BertModel"
+    encoder.save_pretrained(tmp_path / "encoder")  # still the compact format, loadable with its ranks
+    reloaded = AutoCompactModel.from_pretrained(tmp_path / "encoder")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**tiny_batch()).last_hidden_state, encoder(**tiny_batch()).last_hidden_state)
     with pytest.raises(ValueError, match="BertForTokenClassification"):
         AutoModelForTokenClassification.from_pretrained(folder)
 
