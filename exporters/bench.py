@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Optional, Sequence
 
-from .layout import FILE_NAMES, FP16, REPORT_NAME, flops_ratio
+from .layout import FILE_NAMES, FP16, REPORT_NAME, flops_ratio, read_export_report
 
 PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT = "pytorch dense", "onnx dense (raw)", "onnx dense (ort-optimized)"
 
@@ -98,15 +98,6 @@ def compact_variants(export_dir: str, provider: str, label: str) -> list[Variant
     written = read_export_report(export_dir)["variants"]
     return [Variant(f"{label} {name}", "onnx", os.path.join(export_dir, FILE_NAMES[name]), label)
             for name in written if name != FP16 or provider == "CUDAExecutionProvider"]
-
-
-def read_export_report(export_dir: str) -> dict[str, Any]:
-    """The ``rankdyna_export.json`` of an export folder."""
-    path = os.path.join(export_dir, REPORT_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No {REPORT_NAME} in {export_dir}: not a folder written by `rankdyna export`.")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def write_inputs(tokenizer: Any, settings: BenchSettings, path: str) -> None:

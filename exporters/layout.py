@@ -5,6 +5,10 @@ Kept free of torch and transformers so benchmark workers start fast.
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 PORTABLE, FUSED, FUSED_ORT, FP16 = "portable", "fused", "fused_ort", "fp16"
 FILE_NAMES = {PORTABLE: "model.onnx", FUSED: "model_fused.onnx", FUSED_ORT: "model_fused_ort.onnx",
               FP16: "model_fused_fp16.onnx"}
@@ -22,3 +26,12 @@ def flops_ratio(flops: dict[str, int], seq_len: int) -> float:
     """Compact/dense FLOPs per token at ``seq_len`` from an export report's ``flops`` (``export.flops_per_token``)."""
     attention = flops["attention_per_position"] * seq_len
     return (flops["linear"] + attention) / (flops["dense_linear"] + attention)
+
+
+def read_export_report(export_dir: str) -> dict[str, Any]:
+    """The ``rankdyna_export.json`` of an export folder."""
+    path = os.path.join(export_dir, REPORT_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {REPORT_NAME} in {export_dir}: not a folder written by `rankdyna export`.")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

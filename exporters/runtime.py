@@ -109,12 +109,9 @@ def chosen_graph(export_dir: str, provider: str) -> str:
 
     Without a recorded choice for ``provider`` it is the portable ``model.onnx``, and the log says so.
     """
-    import json
+    from .layout import FILE_NAMES, PORTABLE, read_export_report
 
-    from .layout import FILE_NAMES, PORTABLE, REPORT_NAME
-
-    with open(os.path.join(export_dir, REPORT_NAME), encoding="utf-8") as handle:
-        chosen = json.load(handle).get("chosen", {})
+    chosen = read_export_report(export_dir).get("chosen", {})
     if provider in chosen:
         logger.info("rankdyna: %s for %s (%s)", chosen[provider]["file"], provider, chosen[provider]["why"])
         return os.path.join(export_dir, chosen[provider]["file"])
