@@ -25,7 +25,7 @@ from .baselines import factor_model, fisher_row_importance
 from .compact import WEIGHTS_NAME, truncated_params
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
-from .io import atomic_write_text
+from .io import atomic_write_dir, atomic_write_text
 from .plots import plot_history, plot_rank_heatmap
 from .report import matrix_table, model_parameters, model_report
 from .targets import default_target_names
@@ -122,6 +122,7 @@ def load_model(path: str, task: GlueTask) -> torch.nn.Module:
 
 
 METHODS = ("rankdyna", "svd", "fwsvd")
+FINETUNED_DIR = "finetuned"  # where a dense run keeps its fine-tuned model
 
 
 def compress(settings: CompressSettings) -> dict[str, Any]:
@@ -168,6 +169,7 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     results["model_params_after"] = results["model_params_before"]
     if settings.budget is None:
         score(fit(model))
+        results["finetuned_dir"] = _save_finetuned(model, tokenizer, settings)
     elif config is not None:
         model = get_peft_model(model, config)
         trainer = fit(model, RankDynaTrainer)
@@ -237,6 +239,18 @@ def _save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSet
         allocated = sum(truncated_params(layer.rank, layer.in_features, layer.out_features) for layer in layers)
         rounding = {"rank_multiple": settings.rankdyna["rank_multiple"], "target_params_before_rounding": allocated}
     return model.merge_and_unload(), rounding
+
+
+def _save_finetuned(model: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> str:
+    """Save the dense fine-tuned model with its tokenizer: round 1 that the two-round baselines can reuse."""
+    finetuned_dir = os.path.join(settings.output_dir, FINETUNED_DIR)
+
+    def write(folder: str) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    atomic_write_dir(finetuned_dir, write)
+    return finetuned_dir
 
 
 def _save_compact(compact: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> dict[str, Any]:
