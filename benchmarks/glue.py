@@ -10,8 +10,11 @@ Turn the JSON lines into ``benchmarks/results/glue.{md,json,png}``:
     python benchmarks/glue.py summarize
 
 Each run is one ``rankdyna compress`` command in its own process (the command is recorded with the
-result), so the wall time covers the whole pipeline — both rounds of the two-round baselines — and
-the peak memory is that process's maximum resident set size.
+result), so the wall time covers the whole pipeline and the peak memory is that process's maximum
+resident set size. Round 1 of SVD/FWSVD + FT is dense fine-tuning under the same settings, so the
+grid runs it once, as the dense cell, and starts the two-round cells from its fine-tuned model
+(``--finetuned-model``); their records add the dense run's wall and CPU time, so the times still
+cover both rounds. ``--no-reuse`` runs both rounds in one process instead.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Optional, Sequence
 
 # Method name in the table → `rankdyna compress` flags. Dense ignores the budget axis.
@@ -40,6 +43,7 @@ METHOD_FLAGS = {
 }
 METHOD_LABELS = {"dense": "dense fine-tuning", "svd": "SVD + FT", "fwsvd": "FWSVD + FT", "rankdyna": "RankDyna",
                  "per_matrix": "RankDyna, per-matrix allocation", "frozen": "RankDyna, frozen importance"}
+TWO_ROUND_METHODS = ("svd", "fwsvd")
 DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -67,10 +71,17 @@ class Cell:
         budget = "dense" if self.budget is None else f"{self.budget:g}"
         return f"{self.task}-{self.method}-{budget}-s{self.seed}-lr{self.learning_rate:g}"
 
-    def command(self, output_dir: str, glue_dir: Optional[str]) -> list[str]:
-        """The `rankdyna compress` command line of this cell."""
+    @property
+    def dense(self) -> Cell:
+        """The dense fine-tuning cell with the same settings: round 1 of the two-round baselines."""
+        return replace(self, method="dense", budget=None)
+
+    def command(self, output_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None) -> list[str]:
+        """The `rankdyna compress` command line of this cell (starting from ``finetuned``: round 2 only)."""
         parts = ["rankdyna", "compress", "--model", self.model, "--task", self.task, "--output", output_dir,
                  *METHOD_FLAGS[self.method]]
+        if finetuned is not None:
+            parts += ["--finetuned-model", finetuned]
         if self.budget is not None:
             parts += ["--budget", f"{self.budget:g}"]
         parts += ["--seed", str(self.seed), "--lr", f"{self.learning_rate:g}", "--epochs", f"{self.epochs:g}",
@@ -115,11 +126,11 @@ def append_line(path: str, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str]) -> dict[str, Any]:
+def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None) -> dict[str, Any]:
     """Run one cell in a fresh process; its results plus wall time and peak memory of that process."""
     output_dir = os.path.join(work_dir, cell.name)
     os.makedirs(output_dir, exist_ok=True)
-    command = cell.command(output_dir, glue_dir)
+    command = cell.command(output_dir, glue_dir, finetuned)
     argv = [sys.executable, "-m", "peft_rankdyna.cli", *command[1:]]
     start = time.perf_counter()
     with open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8") as log:
@@ -154,22 +165,56 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+def first_round(cell: Cell, done: dict[str, dict[str, Any]], work_dir: str) -> Optional[dict[str, Any]]:
+    """The finished dense run a two-round cell can start from, with its fine-tuned model folder, if any.
+
+    Round 1 of SVD/FWSVD + FT *is* dense fine-tuning under the same settings (and gives the same
+    weights, tested), so the grid runs it once per task and seed instead of once per budget and method.
+    """
+    if cell.method not in TWO_ROUND_METHODS or cell.dense.key not in done:
+        return None
+    results_path = os.path.join(work_dir, cell.dense.name, "results.json")
+    if not os.path.isfile(results_path):
+        return None
+    with open(results_path, encoding="utf-8") as handle:
+        folder = json.load(handle).get("finetuned_dir")
+    return {"record": done[cell.dense.key], "folder": folder} if folder and os.path.isdir(folder) else None
+
+
+def with_first_round(record: dict[str, Any], dense: dict[str, Any]) -> dict[str, Any]:
+    """A second-round record made whole: wall and CPU time of both rounds, the larger peak memory."""
+    second = {name: record[name] for name in ("command", "pipeline_wall_s", "process_cpu_s", "peak_rss_mib")}
+    whole = {**record, "first_round": {"key": dense["key"], "command": dense["command"]}, "second_round": second,
+             "pipeline_wall_s": record["pipeline_wall_s"] + dense["pipeline_wall_s"],
+             "peak_rss_mib": max(record["peak_rss_mib"], dense["peak_rss_mib"])}
+    if "process_cpu_s" in dense:
+        whole["process_cpu_s"] += dense["process_cpu_s"]
+    else:  # dense runs recorded before CPU time was measured: the sum is unknown
+        del whole["process_cpu_s"]
+    return whole
+
+
 def run_grid(args: argparse.Namespace) -> int:
     """Run every cell that ``args.runs`` does not hold yet; returns the number of failed cells."""
     cells = list(grid(args))
-    done = {record["key"] for record in read_lines(args.runs)}
+    done = {record["key"]: record for record in read_lines(args.runs)}
     todo = [cell for cell in cells if cell.key not in done]
     print(f"glue grid: {len(cells)} cells, {len(cells) - len(todo)} already in {args.runs}, {len(todo)} to run")
     failures = 0
     for index, cell in enumerate(todo, 1):
-        print(f"[{index}/{len(todo)}] {cell.name} ...", flush=True)
+        reuse = None if args.no_reuse else first_round(cell, done, args.work_dir)
+        print(f"[{index}/{len(todo)}] {cell.name}" + (" (round 1 from the dense run)" if reuse else "") + " ...",
+              flush=True)
         try:
-            record = run_cell(cell, args.work_dir, args.glue_dir)
+            record = run_cell(cell, args.work_dir, args.glue_dir, reuse and reuse["folder"])
         except RuntimeError as error:
             failures += 1
             print(error, file=sys.stderr, flush=True)
             continue
+        if reuse:
+            record = with_first_round(record, reuse["record"])
         append_line(args.runs, record)
+        done[cell.key] = record
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
         print(f"    {metrics}  ({record['pipeline_wall_s']:.0f} s, {record['peak_rss_mib']:.0f} MiB)", flush=True)
     return failures
@@ -193,6 +238,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "process_cpu_s": _mean_std([r["process_cpu_s"] for r in runs if "process_cpu_s" in r] or [0.0]),
                      "threads": sorted({str(run["threads"]) for run in runs}),
                      "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+                     "first_round_reused": any("first_round" in run for run in runs),
                      "commands": [run["command"] for run in runs]})
     best: dict[tuple, dict[str, Any]] = {}
     for row in rows:  # learning-rate search: keep the best mean of the task's first metric
@@ -225,7 +271,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
     lines = [f"### {task.upper()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         peers = [other for other in rows if other["budget"] == row["budget"]]
-        cells = ["dense" if row["budget"] is None else f"{row['budget']:g}", METHOD_LABELS[row["method"]]]
+        label = METHOD_LABELS[row["method"]] + (" †" if row.get("first_round_reused") else "")
+        cells = ["dense" if row["budget"] is None else f"{row['budget']:g}", label]
         for name in metric_names:
             value = row["metrics"][name]
             text = _mean_text(value, 4)
@@ -284,7 +331,8 @@ def write_summary(args: argparse.Namespace) -> str:
         f"Code: commit {', '.join(commits)} (summarised at {git_commit()}).",
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
         "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
-        "run's process user+system time (— where not recorded).",
+        "run's process user+system time (— where not recorded). † = round 1 is the dense cell's run with the "
+        "same settings and seed (`--finetuned-model`); its wall and CPU time are included.",
         *(f"**Note:** {note}" for note in args.note),
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
         f"Summarised with `python {shlex.join(sys.argv)}`. "
@@ -317,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subsample a task's training set (default sst2=8000)")
     run.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"))
     run.add_argument("--work-dir", default="runs/glue", help="folder for each run's outputs and log")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="run both rounds of SVD/FWSVD + FT even where the dense run's fine-tuned model exists")
     summary = commands.add_parser("summarize", help="write the table and plot from the JSON lines")
     summary.add_argument("--note", action="append", default=[], help="a caveat printed above the tables")
     for sub in (run, summary):

@@ -29,6 +29,9 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=["rankdyna", "svd", "fwsvd"], default="rankdyna",
                         help="rankdyna (one round, the default); svd or fwsvd: the two-round baselines (dense "
                         "fine-tuning, truncation at one uniform rank, fine-tuning again)")
+    parser.add_argument("--finetuned-model", default=None,
+                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
+                        "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
     parser.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
@@ -75,6 +78,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
         glue_dir=args.glue_dir,
+        finetuned_model=args.finetuned_model,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates},
@@ -140,6 +144,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("directory", help="compact or dense model folder with its tokenizer")
     parser.add_argument("--task", required=True, help="GLUE task name")
+    parser.add_argument("--finetuned-model", default=None,
+                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
+                        "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
     parser.set_defaults(run=_run_evaluate)
@@ -170,6 +177,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp16", action="store_true", help="also write the half-precision GPU graph")
     parser.add_argument("--fp16-check-task", default=None,
                         help="GLUE task whose dev set the fp16 graph is checked on (default: built-in sentence pairs)")
+    parser.add_argument("--finetuned-model", default=None,
+                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
+                        "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root for --fp16-check-task (default $GLUE_DIR)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
     parser.set_defaults(run=_run_export)

@@ -38,6 +38,8 @@ class CompressSettings:
     ``budget=None`` runs plain dense fine-tuning of the same model under the same settings, the
     reference a compressed model is compared with. ``method`` is ``"rankdyna"`` or one of the
     two-round baselines ``"svd"`` and ``"fwsvd"``; ``rankdyna`` holds RankDynaConfig fields.
+    ``finetuned_model`` lets a two-round baseline skip its first round by starting from a model
+    already fine-tuned on the task under the same settings (the ``finetuned/`` folder of a dense run).
     """
 
     model: str
@@ -56,11 +58,13 @@ class CompressSettings:
     method: str = "rankdyna"
     rankdyna: dict[str, Any] = field(default_factory=dict)
     show_progress: bool = True
+    finetuned_model: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
         self.model, self.output_dir = os.fspath(self.model), os.fspath(self.output_dir)
         self.glue_dir = None if self.glue_dir is None else os.fspath(self.glue_dir)
+        self.finetuned_model = None if self.finetuned_model is None else os.fspath(self.finetuned_model)
 
 
 def _require_model_folder(path: str) -> None:
@@ -144,21 +148,25 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
         config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
     elif settings.budget is not None and not 0.0 < settings.budget <= 1.0:
         raise ValueError(f"`budget` must be in (0, 1], got {settings.budget}.")
+    if settings.finetuned_model is not None and (config is not None or settings.budget is None):
+        raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
+                         "use it with method 'svd' or 'fwsvd' and a budget.")
     tokenizer = load_tokenizer(settings.model)
     train = GlueDataset(tokenizer, load_glue(task, "train", settings.glue_dir), settings.max_seq_length,
                         settings.max_train_samples)
     dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
                       settings.max_eval_samples)
-    model = load_model(settings.model, task)
+    model = load_model(settings.finetuned_model or settings.model, task)
     results: dict[str, Any] = {"settings": asdict(settings), "model_params_before": model_parameters(model)}
 
-    def fit(model: torch.nn.Module, trainer_cls: type = Trainer) -> Trainer:
+    def fit(model: torch.nn.Module, trainer_cls: type = Trainer, train_it: bool = True) -> Trainer:
         trainer = trainer_cls(
             model=model, args=_training_arguments(settings), train_dataset=train, eval_dataset=dev,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
         )
-        trainer.train()
+        if train_it:
+            trainer.train()
         return trainer
 
     def score(trainer: Trainer) -> None:
@@ -177,7 +185,7 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
         compact, rounding = _save_rankdyna(model, trainer.rankdyna_callback, settings)
         results.update(rounding, **_save_compact(compact, tokenizer, settings))
     else:
-        first_round = fit(model)
+        first_round = fit(model, train_it=settings.finetuned_model is None)
         importance = None
         if settings.method == "fwsvd":
             importance = fisher_row_importance(model, first_round.get_train_dataloader(), default_target_names(model))

@@ -169,5 +169,9 @@ def format_results(results: dict[str, Any]) -> str:
     if "compact_dir" in results:
         lines.append(f"  {'compact model':<22}{results['compact_dir']} ({results['file_size_bytes'] / 2**20:.1f} MiB, "
                      f"{results['flops_ratio']:.3f} of dense FLOPs/token)")
+    if "finetuned_dir" in results:
+        lines.append(f"  {'fine-tuned model':<22}{results['finetuned_dir']}")
+    if settings.get("finetuned_model"):
+        lines.append(f"  {'first round':<22}reused from {settings['finetuned_model']} (not in the wall time)")
     lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s")
     return "\n".join(lines)

@@ -86,3 +86,16 @@ def tiny_compact_folder(folder: str, model_type: str = "bert", budget: float = 0
     compact = factor_model(model if model is not None else tiny_model(model_type, num_labels), budget)
     compact.save_pretrained(folder, tokenizer=tiny_tokenizer(os.path.join(folder + "-tokenizer")))
     return folder
+
+
+@pytest.fixture
+def tiny_glue_model(tmp_path) -> str:
+    """A tiny randomly initialised BERT with MiniLM's tokenizer (GLUE text needs a real vocabulary)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = TINY_CONFIGS["bert"]()
+    config.vocab_size, config.max_position_embeddings = tokenizer.vocab_size, 128
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")

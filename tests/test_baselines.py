@@ -86,3 +86,32 @@ def test_fisher_accumulation_matches_a_hand_computation():
     torch.testing.assert_close(importance[name], expected)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.get_submodule(name).weight.grad is None
+
+
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_starting_from_a_dense_run_gives_the_two_round_pipelines_model(tmp_path, tiny_glue_model, glue_dir, method):
+    from safetensors.torch import load_file
+
+    from peft_rankdyna.compact import WEIGHTS_NAME
+    from peft_rankdyna.pipeline import CompressSettings, compress
+
+    common = dict(model=tiny_glue_model, task="mrpc", max_steps=3, batch_size=8, max_seq_length=32,
+                  max_train_samples=32, max_eval_samples=16, glue_dir=glue_dir, show_progress=False)
+    full = compress(CompressSettings(output_dir=str(tmp_path / "full"), budget=0.5, method=method, **common))
+    dense = compress(CompressSettings(output_dir=str(tmp_path / "dense"), budget=None, **common))
+    reused = compress(CompressSettings(output_dir=str(tmp_path / "reused"), budget=0.5, method=method,
+                                       finetuned_model=dense["finetuned_dir"], **common))
+    assert reused["train_steps"] == 3 and reused["target_params_after"] == full["target_params_after"]
+    expected = load_file(tmp_path / "full" / "compact" / WEIGHTS_NAME)
+    actual = load_file(tmp_path / "reused" / "compact" / WEIGHTS_NAME)
+    assert expected.keys() == actual.keys()
+    assert max((expected[k] - actual[k]).abs().max().item() for k in expected) <= 1e-5
+
+
+def test_a_finetuned_model_is_only_for_the_two_round_baselines(tmp_path):
+    from peft_rankdyna.pipeline import CompressSettings, compress
+
+    for budget, method in [(0.5, "rankdyna"), (None, "svd")]:
+        with pytest.raises(ValueError, match="two-round baselines"):
+            compress(CompressSettings(model=str(tmp_path), task="mrpc", output_dir=str(tmp_path / "o"),
+                                      budget=budget, method=method, finetuned_model=str(tmp_path)))

@@ -6,25 +6,12 @@ import os
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TINY_CONFIGS, minilm_path
+from conftest import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("glue_benchmark", os.path.join(REPO_ROOT, "benchmarks", "glue.py"))
 glue = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = glue  # dataclasses look their module up
 spec.loader.exec_module(glue)
-
-
-@pytest.fixture
-def tiny_glue_model(tmp_path):
-    """A tiny randomly initialised BERT with MiniLM's tokenizer (GLUE text needs a real vocabulary)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = TINY_CONFIGS["bert"]()
-    config.vocab_size, config.max_position_embeddings = tokenizer.vocab_size, 128
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
 
 
 def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_dir):
@@ -41,12 +28,18 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
         assert record["command"].startswith("rankdyna compress")
         if record["cell"]["method"] != "dense":
             assert record["target_params"] <= 0.5 * record["target_params_dense"]
+    dense = next(r for r in records if r["cell"]["method"] == "dense")
+    for record in (r for r in records if r["cell"]["method"] in ("svd", "fwsvd")):  # round 1 is the dense run
+        assert "--finetuned-model" in record["command"] and record["first_round"]["key"] == dense["key"]
+        assert record["pipeline_wall_s"] == pytest.approx(record["second_round"]["pipeline_wall_s"]
+                                                          + dense["pipeline_wall_s"])
+        assert record["process_cpu_s"] > dense["process_cpu_s"]
     assert glue.main(args) == 0  # a rerun finds every cell done
     assert len(glue.read_lines(runs)) == len(records)
     out = str(tmp_path / "glue")
     assert glue.main(["summarize", "--runs", runs, "--out", out]) == 0
     text = open(out + ".md", encoding="utf-8").read()
-    assert "### MRPC" in text and "**" in text and "RankDyna, frozen importance" in text
+    assert "### MRPC" in text and "**" in text and "RankDyna, frozen importance" in text and "FWSVD + FT †" in text
     assert os.path.getsize(out + ".png") > 0
     assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 6
 
