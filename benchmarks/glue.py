@@ -182,7 +182,10 @@ def first_round(cell: Cell, done: dict[str, dict[str, Any]], work_dir: str) -> O
 
 
 def with_first_round(record: dict[str, Any], dense: dict[str, Any]) -> dict[str, Any]:
-    """A second-round record made whole: wall and CPU time of both rounds, the larger peak memory."""
+    """A second-round record made whole: wall and CPU time of both rounds, the larger peak memory.
+
+    ``second_round`` keeps the second process's own figures; ``process_wall_s`` stays that process's.
+    """
     second = {name: record[name] for name in ("command", "pipeline_wall_s", "process_cpu_s", "peak_rss_mib")}
     whole = {**record, "first_round": {"key": dense["key"], "command": dense["command"]}, "second_round": second,
              "pipeline_wall_s": record["pipeline_wall_s"] + dense["pipeline_wall_s"],
