@@ -309,6 +309,12 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> None:
             elif points:
                 axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
                               yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=METHOD_LABELS[method])
+        most_seeds = max(row["metrics"][metric]["n"] for row in task_rows)
+        for row in task_rows:  # a mean over fewer seeds than the rest is not comparable at a glance
+            n = row["metrics"][metric]["n"]
+            if n < most_seeds and row["budget"] is not None:
+                axis.annotate(f"{n} seed{'s' * (n > 1)}", (row["budget"], row["metrics"][metric]["mean"]),
+                              textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=6, color="dimgray")
         axis.set(title=task.upper(), xlabel="kept fraction of target-matrix parameters", ylabel=metric)
         axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
