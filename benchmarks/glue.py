@@ -290,13 +290,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
     return "\n".join(lines)
 
 
-def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Score vs budget per task (first metric, mean ± std over seeds); dense as a dashed line."""
+def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, float, str]]:
+    """Score vs budget per task (first metric, mean ± std over seeds); dense as a dashed line.
+
+    Returns the labels put on points averaged over fewer seeds than the rest of their task.
+    """
     from peft_rankdyna.plots import pyplot
 
     plt = pyplot()
     tasks = sorted({row["task"] for row in rows})
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    labels = []
     for axis, task in zip(axes[0], tasks):
         task_rows = [row for row in rows if row["task"] == task]
         metric = next(iter(task_rows[0]["metrics"]))
@@ -313,7 +317,8 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> None:
         for row in task_rows:  # a mean over fewer seeds than the rest is not comparable at a glance
             n = row["metrics"][metric]["n"]
             if n < most_seeds and row["budget"] is not None:
-                axis.annotate(f"{n} seed{'s' * (n > 1)}", (row["budget"], row["metrics"][metric]["mean"]),
+                labels.append((task, row["budget"], f"{n} seed{'s' * (n > 1)}"))
+                axis.annotate(labels[-1][2], (row["budget"], row["metrics"][metric]["mean"]),
                               textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=6, color="dimgray")
         axis.set(title=task.upper(), xlabel="kept fraction of target-matrix parameters", ylabel=metric)
         axis.grid(alpha=0.3)
@@ -321,6 +326,7 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+    return labels
 
 
 def write_summary(args: argparse.Namespace) -> str:

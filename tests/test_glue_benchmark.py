@@ -44,18 +44,25 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
     assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 6
 
 
-def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
-    def record(seed, lr, accuracy):
-        cell = dict(model="m", task="mrpc", method="rankdyna", budget=0.5, seed=seed, learning_rate=lr, epochs=3.0,
-                    max_seq_length=128, max_train_samples=None, max_steps=-1)
-        return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
-                "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "process_cpu_s": 9.0, "threads": "1",
-                "peak_rss_mib": 100.0, "command": "c"}
+def _record(seed, lr, accuracy, budget=0.5):
+    cell = dict(model="m", task="mrpc", method="rankdyna", budget=budget, seed=seed, learning_rate=lr, epochs=3.0,
+                max_seq_length=128, max_train_samples=None, max_steps=-1)
+    return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
+            "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "process_cpu_s": 9.0, "threads": "1",
+            "peak_rss_mib": 100.0, "command": "c"}
 
-    rows = glue.summarize([record(1, 1e-5, 0.5), record(2, 1e-5, 0.7), record(1, 5e-5, 0.8), record(2, 5e-5, 0.9)])
+
+def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
+    rows = glue.summarize([_record(1, 1e-5, 0.5), _record(2, 1e-5, 0.7), _record(1, 5e-5, 0.8), _record(2, 5e-5, 0.9)])
     assert len(rows) == 1 and rows[0]["learning_rate"] == 5e-5
     assert rows[0]["metrics"]["accuracy"]["mean"] == pytest.approx(0.85)
     assert rows[0]["metrics"]["accuracy"]["std"] == pytest.approx(0.0707, abs=1e-3)
+
+
+def test_plot_labels_means_over_fewer_seeds(tmp_path):
+    rows = glue.summarize([_record(1, 5e-5, 0.8), _record(2, 5e-5, 0.9), _record(1, 5e-5, 0.6, budget=0.25)])
+    labels = glue.plot_scores(rows, str(tmp_path / "plot.png"))
+    assert labels == [("mrpc", 0.25, "1 seed")] and (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_task_sample_limits_must_name_the_task():
