@@ -144,9 +144,6 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("directory", help="compact or dense model folder with its tokenizer")
     parser.add_argument("--task", required=True, help="GLUE task name")
-    parser.add_argument("--finetuned-model", default=None,
-                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
-                        "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
     parser.set_defaults(run=_run_evaluate)
@@ -177,9 +174,6 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp16", action="store_true", help="also write the half-precision GPU graph")
     parser.add_argument("--fp16-check-task", default=None,
                         help="GLUE task whose dev set the fp16 graph is checked on (default: built-in sentence pairs)")
-    parser.add_argument("--finetuned-model", default=None,
-                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
-                        "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root for --fp16-check-task (default $GLUE_DIR)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
     parser.set_defaults(run=_run_export)
