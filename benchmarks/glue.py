@@ -25,10 +25,13 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Optional, Sequence
 
@@ -94,10 +97,14 @@ class Cell:
 
 
 def grid(args: argparse.Namespace) -> Iterator[Cell]:
-    """The cells in run order: seed-major, so a partial grid has whole seeds of the first tasks."""
+    """The cells in run order: seed-major, then budget-major within a task, so a partial grid has whole
+    seeds of the first tasks and, within a task, every method at the first budgets."""
     samples = dict(args.max_train_samples)
-    for seed, task, lr, method in itertools.product(args.seeds, args.tasks, args.lrs, args.methods):
-        for budget in [None] if method == "dense" else args.budgets:
+    compressed = [method for method in args.methods if method != "dense"]
+    for seed, task, lr in itertools.product(args.seeds, args.tasks, args.lrs):
+        pairs = [("dense", None)] if "dense" in args.methods else []
+        pairs += [(method, budget) for budget in args.budgets for method in compressed]
+        for method, budget in pairs:
             yield Cell(args.model, task, method, budget, seed, lr, args.epochs, args.max_seq_length,
                        samples.get(task), args.max_steps)
 
@@ -107,6 +114,12 @@ def _task_count(text: str) -> tuple[str, int]:
     if not count.isdigit():
         raise argparse.ArgumentTypeError(f"--max-train-samples takes TASK=N (e.g. sst2=8000), got {text!r}")
     return task, int(count)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def read_lines(path: str) -> list[dict[str, Any]]:
@@ -126,8 +139,15 @@ def append_line(path: str, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None) -> dict[str, Any]:
-    """Run one cell in a fresh process; its results plus wall time and peak memory of that process."""
+LIVE_RUNS: set[subprocess.Popen] = set()  # the cells' processes, stopped with the runner (`stop_live_runs`)
+
+
+def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None,
+             parallel: int = 1) -> dict[str, Any]:
+    """Run one cell in a fresh process; its results plus wall time and peak memory of that process.
+
+    ``parallel`` (how many cells the runner runs at once) is recorded: it inflates the times.
+    """
     output_dir = os.path.join(work_dir, cell.name)
     os.makedirs(output_dir, exist_ok=True)
     command = cell.command(output_dir, glue_dir, finetuned)
@@ -135,7 +155,11 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
     start = time.perf_counter()
     with open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        LIVE_RUNS.add(process)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            LIVE_RUNS.discard(process)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if process.returncode != 0:
@@ -152,6 +176,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         "pipeline_wall_s": results["wall_time_s"], "process_wall_s": wall,
         "process_cpu_s": usage.ru_utime + usage.ru_stime,  # unaffected by pauses, unlike the wall times
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
+        "device": results.get("device", "cpu"), "parallel": parallel,
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
         "commit": git_commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -198,29 +223,74 @@ def with_first_round(record: dict[str, Any], dense: dict[str, Any]) -> dict[str,
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    """Run every cell that ``args.runs`` does not hold yet; returns the number of failed cells."""
+    """Run every cell that ``args.runs`` does not hold yet, ``args.parallel`` at a time; returns the failures.
+
+    A two-round cell waits for its dense cell when that is still to run, so it can start from it.
+    """
     cells = list(grid(args))
     done = {record["key"]: record for record in read_lines(args.runs)}
     todo = [cell for cell in cells if cell.key not in done]
-    print(f"glue grid: {len(cells)} cells, {len(cells) - len(todo)} already in {args.runs}, {len(todo)} to run")
-    failures = 0
-    for index, cell in enumerate(todo, 1):
-        reuse = None if args.no_reuse else first_round(cell, done, args.work_dir)
-        print(f"[{index}/{len(todo)}] {cell.name}" + (" (round 1 from the dense run)" if reuse else "") + " ...",
-              flush=True)
-        try:
-            record = run_cell(cell, args.work_dir, args.glue_dir, reuse and reuse["folder"])
-        except RuntimeError as error:
-            failures += 1
-            print(error, file=sys.stderr, flush=True)
-            continue
-        if reuse:
-            record = with_first_round(record, reuse["record"])
-        append_line(args.runs, record)
-        done[cell.key] = record
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
-        print(f"    {metrics}  ({record['pipeline_wall_s']:.0f} s, {record['peak_rss_mib']:.0f} MiB)", flush=True)
+    print(f"glue grid: {len(cells)} cells, {len(cells) - len(todo)} already in {args.runs}, {len(todo)} to run"
+          + (f", {args.parallel} at a time" if args.parallel > 1 else ""))
+    failures, started = 0, 0
+    running: dict[Future, tuple[Cell, Optional[dict[str, Any]]]] = {}
+    with ThreadPoolExecutor(args.parallel) as pool, _stopping_live_runs():
+        while todo or running:
+            for cell in _ready(todo, running, args.no_reuse)[: args.parallel - len(running)]:
+                todo.remove(cell)
+                started += 1
+                reuse = None if args.no_reuse else first_round(cell, done, args.work_dir)
+                print(f"[{started}/{started + len(todo)}] {cell.name}"
+                      + (" (round 1 from the dense run)" if reuse else "") + " ...", flush=True)
+                future = pool.submit(run_cell, cell, args.work_dir, args.glue_dir, reuse and reuse["folder"],
+                                     args.parallel)
+                running[future] = (cell, reuse)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell, reuse = running.pop(future)
+                try:
+                    record = future.result()
+                except RuntimeError as error:
+                    failures += 1
+                    print(error, file=sys.stderr, flush=True)
+                    continue
+                if reuse:
+                    record = with_first_round(record, reuse["record"])
+                append_line(args.runs, record)
+                done[cell.key] = record
+                metrics = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+                print(f"    {cell.name}: {metrics}  ({record['pipeline_wall_s']:.0f} s, "
+                      f"{record['peak_rss_mib']:.0f} MiB)", flush=True)
     return failures
+
+
+def _ready(todo: Sequence[Cell], running: dict[Future, tuple[Cell, Any]], no_reuse: bool) -> list[Cell]:
+    """The cells that may start now, dense ones first: a two-round cell waits while its dense cell is
+    still to run or running (a failed dense cell leaves it to run both rounds itself)."""
+    pending = {cell.key for cell in todo} | {cell.key for cell, _ in running.values()}
+    ready = [cell for cell in todo
+             if no_reuse or cell.method not in TWO_ROUND_METHODS or cell.dense.key not in pending]
+    return sorted(ready, key=lambda cell: cell.method != "dense")
+
+
+@contextmanager
+def _stopping_live_runs() -> Iterator[None]:
+    """Stop the cells' processes with the runner: on SIGTERM (e.g. `timeout`) they would run on orphaned."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        for process in list(LIVE_RUNS):
+            process.terminate()
+        raise SystemExit(f"glue grid: stopped by signal {signum}; finished cells are kept in the JSON lines")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt:
+        for process in list(LIVE_RUNS):
+            process.terminate()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,6 +310,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "pipeline_wall_s": _mean_std([run["pipeline_wall_s"] for run in runs]),
                      "process_cpu_s": _mean_std([r["process_cpu_s"] for r in runs if "process_cpu_s" in r] or [0.0]),
                      "threads": sorted({str(run["threads"]) for run in runs}),
+                     "parallel": max(run.get("parallel", 1) for run in runs),
                      "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
                      "first_round_reused": any("first_round" in run for run in runs),
                      "commands": [run["command"] for run in runs]})
@@ -282,8 +353,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
             is_best = len(peers) > 1 and value["mean"] == max(p["metrics"][name]["mean"] for p in peers)
             cells.append(f"**{text}**" if is_best else text)
         target = "all" if row["budget"] is None else f"{row['target_params']:,}"
+        shared = " ‡" if row.get("parallel", 1) > 1 else ""
         cells += [target, f"{row['model_params']:,}", f"{row['flops_ratio']:.3f}",
-                  _mean_text(row["pipeline_wall_s"], 0), _mean_text(row["process_cpu_s"], 0),
+                  _mean_text(row["pipeline_wall_s"], 0) + shared, _mean_text(row["process_cpu_s"], 0) + shared,
                   ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}",
                   ", ".join(map(str, row["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -334,8 +406,13 @@ def write_summary(args: argparse.Namespace) -> str:
     records = read_lines(args.runs)
     if not records:
         raise SystemExit(f"No finished runs in {args.runs}; run the grid first.")
+    devices = sorted({record.get("device", "cpu") for record in records})
+    if len(devices) > 1:  # a mean over seeds would mix the hardware's times
+        raise SystemExit(f"{args.runs} holds runs trained on {' and '.join(devices)}; keep one JSON lines file "
+                         "per kind of hardware (--runs) and summarise each on its own (--out).")
     rows = summarize(records)
-    hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']})" for r in records})
+    hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']}, "
+                    f"trained on {r.get('device', 'cpu')})" for r in records})
     commits = sorted({r.get("commit", "unknown") for r in records})
     settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
                 ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}
@@ -347,7 +424,9 @@ def write_summary(args: argparse.Namespace) -> str:
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
         "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
         "run's process user+system time (— where not recorded). † = round 1 is the dense cell's run with the "
-        "same settings and seed (`--finetuned-model`); its wall and CPU time are included.",
+        "same settings and seed (`--finetuned-model`); its wall and CPU time are included. ‡ = the runs shared "
+        "the machine with other cells of the grid (`--parallel`), so their times are inflated and compare "
+        "with neither each other nor unshared runs.",
         *(f"**Note:** {note}" for note in args.note),
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
         f"Summarised with `python {shlex.join(sys.argv)}`. "
@@ -380,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subsample a task's training set (default sst2=8000)")
     run.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"))
     run.add_argument("--work-dir", default="runs/glue", help="folder for each run's outputs and log")
+    run.add_argument("--parallel", type=_at_least_one, default=1,
+                     help="cells run at once (for a GPU with room to spare; recorded, since it inflates the times)")
     run.add_argument("--no-reuse", action="store_true",
                      help="run both rounds of SVD/FWSVD + FT even where the dense run's fine-tuned model exists")
     summary = commands.add_parser("summarize", help="write the table and plot from the JSON lines")

@@ -157,7 +157,8 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
                       settings.max_eval_samples)
     model = load_model(settings.finetuned_model or settings.model, task)
-    results: dict[str, Any] = {"settings": asdict(settings), "model_params_before": model_parameters(model)}
+    results: dict[str, Any] = {"settings": asdict(settings), "device": training_device(),
+                               "model_params_before": model_parameters(model)}
 
     def fit(model: torch.nn.Module, trainer_cls: type = Trainer, train_it: bool = True) -> Trainer:
         trainer = trainer_cls(
@@ -209,6 +210,11 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, task: GlueTask, glue_dir: O
         labels.append(batch.pop("labels"))
         predictions.append(model(**batch).logits.float())
     return compute_metrics(task, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+
+
+def training_device() -> str:
+    """What the Trainer trains on (it takes a CUDA device when there is one): the card's name, or "cpu"."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def _training_arguments(settings: CompressSettings) -> TrainingArguments:

@@ -1,12 +1,17 @@
 """The GLUE grid benchmark: a smoke run on a tiny model, resuming, and the summary."""
 
+import argparse
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
 from conftest import REPO_ROOT
+
+from peft_rankdyna.pipeline import training_device
 
 spec = importlib.util.spec_from_file_location("glue_benchmark", os.path.join(REPO_ROOT, "benchmarks", "glue.py"))
 glue = importlib.util.module_from_spec(spec)
@@ -18,12 +23,13 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
     runs = str(tmp_path / "runs.jsonl")
     args = ["run", "--model", tiny_glue_model, "--tasks", "mrpc", "--budgets", "0.5", "--seeds", "1",
             "--max-steps", "2", "--max-seq-length", "64", "--max-train-samples", "mrpc=32", "--glue-dir", glue_dir,
-            "--work-dir", str(tmp_path / "work"), "--runs", runs]
+            "--work-dir", str(tmp_path / "work"), "--runs", runs, "--parallel", "2"]
     assert glue.main(args) == 0
     records = glue.read_lines(runs)
     assert sorted(r["cell"]["method"] for r in records) == sorted(glue.METHOD_FLAGS)
     for record in records:
         assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 100
+        assert record["parallel"] == 2 and record["device"] == training_device()
         assert record["pipeline_wall_s"] > 0 and record["process_cpu_s"] > 0 and record["commit"]
         assert record["command"].startswith("rankdyna compress")
         if record["cell"]["method"] != "dense":
@@ -40,6 +46,7 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
     assert glue.main(["summarize", "--runs", runs, "--out", out]) == 0
     text = open(out + ".md", encoding="utf-8").read()
     assert "### MRPC" in text and "**" in text and "RankDyna, frozen importance" in text and "FWSVD + FT †" in text
+    assert " ‡ |" in text and f"trained on {training_device()}" in text
     assert os.path.getsize(out + ".png") > 0
     assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 6
 
@@ -50,6 +57,47 @@ def _record(seed, lr, accuracy, budget=0.5):
     return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
             "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "process_cpu_s": 9.0, "threads": "1",
             "peak_rss_mib": 100.0, "command": "c"}
+
+
+def test_grid_runs_every_method_at_the_first_budget_before_the_next():
+    args = argparse.Namespace(model="m", tasks=["mrpc"], methods=["rankdyna", "dense", "svd"], budgets=[0.25, 0.5],
+                              seeds=[1], lrs=[5e-5], epochs=3.0, max_seq_length=128, max_train_samples=[], max_steps=-1)
+    order = [(cell.method, cell.budget) for cell in glue.grid(args)]
+    assert order == [("dense", None), ("rankdyna", 0.25), ("svd", 0.25), ("rankdyna", 0.5), ("svd", 0.5)]
+
+
+def _cell(method, budget=0.5, seed=1):
+    return glue.Cell("m", "mrpc", method, None if method == "dense" else budget, seed, 5e-5, 3.0, 128, None, -1)
+
+
+def test_two_round_cells_wait_for_their_dense_cell_and_dense_cells_go_first():
+    svd, fwsvd, rankdyna, dense = _cell("svd"), _cell("fwsvd"), _cell("rankdyna"), _cell("dense")
+    other_seed_svd = _cell("svd", seed=2)  # its dense cell is not part of this grid: it runs both rounds
+    todo = [svd, fwsvd, rankdyna, dense, other_seed_svd]
+    assert glue._ready(todo, {}, no_reuse=False) == [dense, rankdyna, other_seed_svd]
+    assert glue._ready([svd, rankdyna], {"future": (dense, None)}, no_reuse=False) == [rankdyna]
+    assert glue._ready([svd, rankdyna], {}, no_reuse=False) == [svd, rankdyna]  # dense done (or failed)
+    assert glue._ready(todo, {}, no_reuse=True) == [dense, svd, fwsvd, rankdyna, other_seed_svd]
+
+
+def test_a_terminated_runner_stops_the_cells_it_started():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    glue.LIVE_RUNS.add(child)
+    try:
+        with pytest.raises(SystemExit, match="stopped by signal"), glue._stopping_live_runs():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        glue.LIVE_RUNS.discard(child)
+        child.kill()
+
+
+def test_summary_refuses_to_average_runs_from_two_kinds_of_hardware(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    for record in ({**_record(1, 5e-5, 0.8), "device": "cpu"}, {**_record(2, 5e-5, 0.9), "device": "NVIDIA H200"}):
+        glue.append_line(str(runs), record)
+    with pytest.raises(SystemExit, match="trained on NVIDIA H200 and cpu"):
+        glue.main(["summarize", "--runs", str(runs), "--out", str(tmp_path / "glue")])
 
 
 def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
@@ -68,3 +116,9 @@ def test_plot_labels_means_over_fewer_seeds(tmp_path):
 def test_task_sample_limits_must_name_the_task():
     with pytest.raises(SystemExit):
         glue.main(["run", "--model", "m", "--max-train-samples", "8000"])
+
+
+@pytest.mark.parametrize("parallel", ["0", "-1", "two"])
+def test_parallel_takes_a_whole_number_of_at_least_one(parallel):
+    with pytest.raises(SystemExit):
+        glue.main(["run", "--model", "m", "--parallel", parallel])
