@@ -308,7 +308,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "target_params": runs[0]["target_params"], "model_params": runs[0]["model_params"],
                      "flops_ratio": runs[0]["flops_ratio"],
                      "pipeline_wall_s": _mean_std([run["pipeline_wall_s"] for run in runs]),
-                     "process_cpu_s": _mean_std([r["process_cpu_s"] for r in runs if "process_cpu_s" in r] or [0.0]),
+                     "process_cpu_s": _mean_std([r["process_cpu_s"] for r in runs if "process_cpu_s" in r]),
                      "threads": sorted({str(run["threads"]) for run in runs}),
                      "parallel": max(run.get("parallel", 1) for run in runs),
                      "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
@@ -324,13 +324,16 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: (r["task"], -(r["budget"] or 2.0), methods.index(r["method"])))
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
+def _mean_std(values: Sequence[float]) -> Optional[dict[str, float]]:
+    """Mean, std and count; None when no run recorded the value."""
+    if not values:
+        return None
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
 
 
-def _mean_text(value: dict[str, float], digits: int) -> str:
-    if value["mean"] == 0.0:
+def _mean_text(value: Optional[dict[str, float]], digits: int) -> str:
+    if value is None:
         return "—"  # not recorded
     text = f"{value['mean']:.{digits}f}"
     return text + f" ± {value['std']:.{digits}f}" if value["n"] > 1 else text

@@ -107,6 +107,13 @@ def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
     assert rows[0]["metrics"]["accuracy"]["std"] == pytest.approx(0.0707, abs=1e-3)
 
 
+def test_a_zero_score_is_printed_and_an_unrecorded_cpu_time_is_a_dash():
+    record = _record(1, 5e-5, 0.0)  # Matthews 0.0: one class predicted for every sentence, a real result
+    del record["process_cpu_s"]
+    table = glue.markdown_table(glue.summarize([record]), "mrpc")
+    assert "| 0.0000 |" in table and "| 10 | — |" in table
+
+
 def test_plot_labels_means_over_fewer_seeds(tmp_path):
     rows = glue.summarize([_record(1, 5e-5, 0.8), _record(2, 5e-5, 0.9), _record(1, 5e-5, 0.6, budget=0.25)])
     labels = glue.plot_scores(rows, str(tmp_path / "plot.png"))
