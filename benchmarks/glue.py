@@ -14,7 +14,8 @@ result), so the wall time covers the whole pipeline and the peak memory is that 
 resident set size. Round 1 of SVD/FWSVD + FT is dense fine-tuning under the same settings, so the
 grid runs it once, as the dense cell, and starts the two-round cells from its fine-tuned model
 (``--finetuned-model``); their records add the dense run's wall and CPU time, so the times still
-cover both rounds. ``--no-reuse`` runs both rounds in one process instead.
+cover both rounds. ``--no-reuse`` runs both rounds in one process instead. On a GPU with room to
+spare, ``--parallel N`` runs N cells at once (their times then share the machine, and say so).
 """
 
 from __future__ import annotations

@@ -122,7 +122,14 @@ def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"num_labels": task.num_labels}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
-    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except RuntimeError as error:  # transformers' own message names a tensor, not the cause
+        if "size mismatch" not in str(error):
+            raise
+        raise ValueError(f"{path} holds a classification head of another size than task {task.name!r} needs "
+                         f"({task.num_labels} output(s)); start from the pre-trained encoder, or from a model "
+                         "fine-tuned on this task.") from error
 
 
 METHODS = ("rankdyna", "svd", "fwsvd")

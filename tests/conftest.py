@@ -62,6 +62,18 @@ def glue_dir() -> str:
     return GLUE_DIR
 
 
+@pytest.fixture
+def stsb_glue_dir(tmp_path) -> str:
+    """A GLUE folder holding a small synthetic STS-B (official column layout, scores 0–5): regression."""
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA man plays guitar {i}.\tSomeone plays {i % 5}.\t{i % 6}.0\n" for i in range(80)]
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text(header + "".join(rows))
+    (folder / "dev.tsv").write_text(header + "".join(rows[:24]))
+    return str(tmp_path / "glue")
+
+
 def tiny_tokenizer(folder: str) -> Any:
     """A WordPiece tokenizer whose ids fit the tiny models' vocabulary (99), saved into ``folder``."""
     from transformers import BertTokenizerFast
@@ -90,12 +102,13 @@ def tiny_compact_folder(folder: str, model_type: str = "bert", budget: float = 0
 
 @pytest.fixture
 def tiny_glue_model(tmp_path) -> str:
-    """A tiny randomly initialised BERT with MiniLM's tokenizer (GLUE text needs a real vocabulary)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """A tiny randomly initialised BERT encoder (no task head, like MiniLM) with MiniLM's tokenizer
+    (GLUE text needs a real vocabulary)."""
+    from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = TINY_CONFIGS["bert"]()
     config.vocab_size, config.max_position_embeddings = tokenizer.vocab_size, 128
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
+    AutoModel.from_config(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     return str(tmp_path / "model")

@@ -115,3 +115,13 @@ def test_a_finetuned_model_is_only_for_the_two_round_baselines(tmp_path):
         with pytest.raises(ValueError, match="two-round baselines"):
             compress(CompressSettings(model=str(tmp_path), task="mrpc", output_dir=str(tmp_path / "o"),
                                       budget=budget, method=method, finetuned_model=str(tmp_path)))
+
+
+def test_a_classifier_with_another_head_size_is_a_clear_error(tmp_path):
+    from peft_rankdyna.data.glue import get_task
+    from peft_rankdyna.pipeline import load_model
+
+    tiny_model(num_labels=2).save_pretrained(tmp_path / "mrpc-classifier")
+    with pytest.raises(ValueError, match="classification head of another size than task 'stsb' needs"):
+        load_model(str(tmp_path / "mrpc-classifier"), get_task("stsb"))
+    assert load_model(str(tmp_path / "mrpc-classifier"), get_task("mrpc")).config.num_labels == 2

@@ -26,12 +26,6 @@ def test_example_classification(tmp_path, glue_dir):
     assert metrics["target_params_kept"] <= 0.5 * metrics["target_params_dense"]
 
 
-def test_example_stsb_regression(tmp_path):
-    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA man plays guitar {i}.\tSomeone plays {i % 5}.\t{i % 6}.0\n" for i in range(80)]
-    folder = tmp_path / "glue" / "STS-B"
-    folder.mkdir(parents=True)
-    (folder / "train.tsv").write_text(header + "".join(rows))
-    (folder / "dev.tsv").write_text(header + "".join(rows[:24]))
-    metrics = _run_example(tmp_path, str(tmp_path / "glue"), "stsb")
+def test_example_stsb_regression(tmp_path, stsb_glue_dir):
+    metrics = _run_example(tmp_path, stsb_glue_dir, "stsb")
     assert {"eval_pearson", "eval_spearmanr"} <= set(metrics)

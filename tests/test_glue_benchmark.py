@@ -59,6 +59,17 @@ def _record(seed, lr, accuracy, budget=0.5):
             "peak_rss_mib": 100.0, "command": "c"}
 
 
+def test_grid_on_a_regression_task_reports_both_correlations(tmp_path, tiny_glue_model, stsb_glue_dir):
+    runs, out = str(tmp_path / "runs.jsonl"), str(tmp_path / "stsb")
+    assert glue.main(["run", "--model", tiny_glue_model, "--tasks", "stsb", "--methods", "dense", "fwsvd", "rankdyna",
+                      "--budgets", "0.5", "--seeds", "1", "--max-steps", "2", "--max-seq-length", "32",
+                      "--glue-dir", stsb_glue_dir, "--work-dir", str(tmp_path / "work"), "--runs", runs]) == 0
+    records = glue.read_lines(runs)
+    assert len(records) == 3 and all(set(r["metrics"]) == {"pearson", "spearmanr"} for r in records)
+    assert glue.main(["summarize", "--runs", runs, "--out", out]) == 0
+    assert "### STSB" in open(out + ".md", encoding="utf-8").read()
+
+
 def test_grid_runs_every_method_at_the_first_budget_before_the_next():
     args = argparse.Namespace(model="m", tasks=["mrpc"], methods=["rankdyna", "dense", "svd"], budgets=[0.25, 0.5],
                               seeds=[1], lrs=[5e-5], epochs=3.0, max_seq_length=128, max_train_samples=[], max_steps=-1)
