@@ -109,6 +109,19 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         U, s, Vt = self.factor_parameters()
         return U, s * self.rankdyna_mask[self._adapter].to(s.dtype), Vt
 
+    def kept_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``U, s, Vᵀ`` of the kept groups only.
+
+        A masked group only adds exact zeros, so leaving it out computes the same output with FLOPs
+        that shrink with the rank; its gradients are zero either way, and its values stay held.
+        """
+        U, s, Vt = self.factor_parameters()
+        mask = self.rankdyna_mask[self._adapter]
+        if bool(mask.all()):
+            return U, s, Vt
+        keep = mask.nonzero().squeeze(1)
+        return U[:, keep], s[keep], Vt[keep]
+
     def effective_weight(self) -> torch.Tensor:
         """The dense ``out × in`` weight the layer currently computes with."""
         return compose(*self.factors())
@@ -147,7 +160,7 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
                 "RankDyna replaced this layer's weight by its factors; there is no dense weight to fall back "
                 "on, so adapters cannot be disabled."
             )
-        U, s, Vt = self.factors()
+        U, s, Vt = self.kept_factors()
         tokens = x.numel() // self.in_features
         rank = s.shape[0]
         # Same product either way; pick the association with fewer FLOPs for this input.

@@ -74,6 +74,27 @@ def test_masked_group_contributes_nothing_and_keeps_values():
         assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("tokens", [1, 500])  # factored and composed paths
+def test_masked_groups_get_zero_gradients_and_kept_ones_those_of_the_masked_product(tokens):
+    layer = RankDynaLayer(nn.Linear(64, 48), "default")
+    mask = torch.arange(48) % 3 == 0
+    layer.set_mask(mask)
+    x, target = torch.randn(tokens, 64), torch.randn(tokens, 48)
+    U, s, Vt = (p.detach().clone().requires_grad_() for p in layer.factor_parameters())
+    ((x @ ((U * (s * mask)) @ Vt).T + layer.base_layer.bias - target) ** 2).sum().backward()
+    ((layer(x) - target) ** 2).sum().backward()
+    for expected, actual in zip((U, s, Vt), layer.factor_parameters()):
+        torch.testing.assert_close(actual.grad, expected.grad, atol=1e-4, rtol=1e-4)
+    assert layer.factor_parameters()[1].grad[~mask].abs().max() == 0
+
+
+def test_a_layer_with_every_group_masked_computes_its_bias():
+    layer = RankDynaLayer(nn.Linear(6, 5), "default")
+    layer.set_mask(torch.zeros(5, dtype=torch.bool))
+    for tokens in (1, 50):
+        torch.testing.assert_close(layer(torch.randn(tokens, 6)), layer.base_layer.bias.expand(tokens, 5))
+
+
 def test_factored_and_composed_forward_agree():
     layer = RankDynaLayer(nn.Linear(64, 48), "default")
     layer.set_mask(torch.arange(48) % 3 == 0)
