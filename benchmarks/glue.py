@@ -153,6 +153,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
     os.makedirs(output_dir, exist_ok=True)
     command = cell.command(output_dir, glue_dir, finetuned)
     argv = [sys.executable, "-m", "peft_rankdyna.cli", *command[1:]]
+    commit = git_commit()  # the code the run imports: the checkout may move on while it runs
     start = time.perf_counter()
     with open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -179,7 +180,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
         "device": results.get("device", "cpu"), "parallel": parallel,
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
-        "commit": git_commit(),
+        "commit": commit,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
