@@ -376,7 +376,7 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
 
     plt = pyplot()
     tasks = sorted({row["task"] for row in rows})
-    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.2), squeeze=False)
     labels = []
     for axis, task in zip(axes[0], tasks):
         task_rows = [row for row in rows if row["task"] == task]
@@ -399,8 +399,9 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
                               textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=6, color="dimgray")
         axis.set(title=task.upper(), xlabel="kept fraction of target-matrix parameters", ylabel=metric)
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    # Below the panels: inside one, the legend hid the points at the right-hand budget.
+    figure.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.14 if len(tasks) > 1 else 0.2, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return labels
