@@ -5,7 +5,7 @@
 A step is forward, backward and an AdamW update on one batch of random token ids (batch × seq, no
 padding), the work of one optimizer step in ``rankdyna compress``. Variants: the dense classifier;
 RankDyna with every matrix keeping a fraction of its singular groups (masked groups are left out
-of the products, as training does); and the same masks applied the way releases up to 0.1 did,
+of the products, as training does); and the same masks applied the way earlier code did,
 by multiplying the masked singular values by zero (``masked product``), to show what leaving them
 out saves. All variants live in one process and are timed in each of ``--rounds`` interleaved
 rounds, so background load falls on all alike; the table gives the median over rounds of each
