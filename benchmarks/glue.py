@@ -140,7 +140,7 @@ def append_line(path: str, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-LIVE_RUNS: set[subprocess.Popen] = set()  # the cells' processes, stopped with the runner (`stop_live_runs`)
+LIVE_RUNS: set[subprocess.Popen] = set()  # the cells' processes, stopped with the runner (`_stopping_live_runs`)
 
 
 def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None,
@@ -178,7 +178,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         "pipeline_wall_s": results["wall_time_s"], "process_wall_s": wall,
         "process_cpu_s": usage.ru_utime + usage.ru_stime,  # unaffected by pauses, unlike the wall times
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
-        "device": results.get("device", "cpu"), "parallel": parallel,
+        "device": results["device"], "parallel": parallel,
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
         "commit": commit,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -280,19 +280,27 @@ def _stopping_live_runs() -> Iterator[None]:
     """Stop the cells' processes with the runner: on SIGTERM (e.g. `timeout`) they would run on orphaned."""
 
     def stop(signum: int, _frame: Any) -> None:
-        for process in list(LIVE_RUNS):
-            process.terminate()
+        _terminate_live_runs()
         raise SystemExit(f"glue grid: stopped by signal {signum}; finished cells are kept in the JSON lines")
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     except KeyboardInterrupt:
-        for process in list(LIVE_RUNS):
-            process.terminate()
+        _terminate_live_runs()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_live_runs() -> None:
+    for process in list(LIVE_RUNS):
+        process.terminate()
+
+
+def _device(record: dict[str, Any]) -> str:
+    """What a run trained on; runs recorded before the field existed all trained on the CPU."""
+    return record.get("device", "cpu")
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -412,13 +420,13 @@ def write_summary(args: argparse.Namespace) -> str:
     records = read_lines(args.runs)
     if not records:
         raise SystemExit(f"No finished runs in {args.runs}; run the grid first.")
-    devices = sorted({record.get("device", "cpu") for record in records})
+    devices = sorted({_device(record) for record in records})
     if len(devices) > 1:  # a mean over seeds would mix the hardware's times
         raise SystemExit(f"{args.runs} holds runs trained on {' and '.join(devices)}; keep one JSON lines file "
                          "per kind of hardware (--runs) and summarise each on its own (--out).")
     rows = summarize(records)
     hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']}, "
-                    f"trained on {r.get('device', 'cpu')})" for r in records})
+                    f"trained on {_device(r)})" for r in records})
     commits = sorted({r.get("commit", "unknown") for r in records})
     settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
                 ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}
