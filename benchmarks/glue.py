@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import platform
-import shlex
 import signal
 import statistics
 import subprocess
@@ -36,17 +35,26 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Optional, Sequence
 
+from peft_rankdyna.io import portable_command
+
 # Method name in the table → `rankdyna compress` flags. Dense ignores the budget axis.
+# The defaults before the step-scale fix (README, "One round that collapsed"): Adam on the raw factors.
+OLD_DEFAULTS = ["--factor-step-scale", "1.0", "--tinit", "0.1"]
 METHOD_FLAGS = {
     "dense": ["--dense"],
     "svd": ["--method", "svd"],
     "fwsvd": ["--method", "fwsvd"],
     "rankdyna": ["--method", "rankdyna"],
-    "per_matrix": ["--method", "rankdyna", "--allocation", "per_matrix"],
-    "frozen": ["--method", "rankdyna", "--importance-updates", "frozen"],
+    "rankdyna_old": ["--method", "rankdyna", *OLD_DEFAULTS],
+    "per_matrix_old": ["--method", "rankdyna", "--allocation", "per_matrix", *OLD_DEFAULTS],
+    "frozen_old": ["--method", "rankdyna", "--importance-updates", "frozen", *OLD_DEFAULTS],
 }
 METHOD_LABELS = {"dense": "dense fine-tuning", "svd": "SVD + FT", "fwsvd": "FWSVD + FT", "rankdyna": "RankDyna",
-                 "per_matrix": "RankDyna, per-matrix allocation", "frozen": "RankDyna, frozen importance"}
+                 "rankdyna_old": "RankDyna, old defaults",
+                 "per_matrix_old": "RankDyna, old defaults, per-matrix allocation",
+                 "frozen_old": "RankDyna, old defaults, frozen importance"}
+# What the grid runs unless --methods says otherwise (the ablations ran with the old defaults).
+DEFAULT_METHODS = ["dense", "svd", "fwsvd", "rankdyna", "rankdyna_old"]
 TWO_ROUND_METHODS = ("svd", "fwsvd")
 DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -68,7 +76,14 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The cell's identity in the JSON lines: its settings, the model path written as ``$MODEL`` (one
+        runs file holds one model's grid, and the key does not depend on the machine's paths)."""
+        return json.dumps(self.portable, sort_keys=True)
+
+    @property
+    def portable(self) -> dict[str, Any]:
+        """The cell's settings as recorded, the model path written as ``$MODEL``."""
+        return {**asdict(self), "model": "$MODEL"}
 
     @property
     def name(self) -> str:
@@ -170,8 +185,9 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         raise RuntimeError(f"{cell.name} failed (exit {process.returncode}); end of its log:\n{tail}")
     with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
+    paths = {cell.model: "$MODEL", glue_dir or "": "$GLUE_DIR", work_dir: "$WORK_DIR"}
     return {
-        "key": cell.key, "cell": asdict(cell), "command": shlex.join(command),
+        "key": cell.key, "cell": cell.portable, "command": portable_command(command, paths),
         "metrics": results["metrics"],
         "target_params": results.get("target_params_after"), "target_params_dense": results.get("target_params_before"),
         "model_params": results["model_params_after"], "flops_ratio": results.get("flops_ratio", 1.0),
@@ -179,6 +195,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         "process_cpu_s": usage.ru_utime + usage.ru_stime,  # unaffected by pauses, unlike the wall times
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports kibibytes
         "device": results["device"], "parallel": parallel,
+        "collapsed": results["collapse"]["collapsed"],
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
         "commit": commit,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -323,6 +340,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "parallel": max(run.get("parallel", 1) for run in runs),
                      "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
                      "first_round_reused": any("first_round" in run for run in runs),
+                     "collapsed": sum(bool(run.get("collapsed")) for run in runs),
                      "commands": [run["command"] for run in runs]})
     best: dict[tuple, dict[str, Any]] = {}
     for row in rows:  # learning-rate search: keep the best mean of the task's first metric
@@ -359,6 +377,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
     for row in rows:
         peers = [other for other in rows if other["budget"] == row["budget"]]
         label = METHOD_LABELS[row["method"]] + (" †" if row.get("first_round_reused") else "")
+        if row.get("collapsed"):
+            label += f" ⚠ {row['collapsed']} of {len(row['seeds'])} collapsed"
         cells = ["dense" if row["budget"] is None else f"{row['budget']:g}", label]
         for name in metric_names:
             value = row["metrics"][name]
@@ -443,14 +463,14 @@ def write_summary(args: argparse.Namespace) -> str:
         "with neither each other nor unshared runs.",
         *(f"**Note:** {note}" for note in args.note),
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
-        f"Summarised with `python {shlex.join(sys.argv)}`. "
+        f"Summarised with `python {portable_command(sys.argv)}`. "
         f"Each run's command is in `{os.path.basename(args.out)}.json`.",
     ]) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
         handle.write(text)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"rows": rows, "summarize_command": shlex.join(sys.argv)}, handle, indent=1)
+        json.dump({"rows": rows, "summarize_command": portable_command(sys.argv)}, handle, indent=1)
     plot_scores(rows, args.out + ".png")
     return text
 
@@ -462,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run (or continue) the grid")
     run.add_argument("--model", required=True, help="local model folder (e.g. the pip-installed MiniLM-L6)")
     run.add_argument("--tasks", nargs="+", default=["mrpc", "cola", "sst2"])
-    run.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), default=list(METHOD_FLAGS))
+    run.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), default=DEFAULT_METHODS)
     run.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.25])
     run.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     run.add_argument("--lrs", nargs="+", type=float, default=[5e-5], help="learning-rate search space (all methods)")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 
 from peft_rankdyna.cli import main as rankdyna
+from peft_rankdyna.io import portable_command
 
 
 def main() -> int:
@@ -36,7 +36,7 @@ def main() -> int:
             if code:
                 return code
         exports.append(target)
-    print(f"python {shlex.join(sys.argv)}")
+    print(f"python {portable_command(sys.argv, {args.dense_model: '$MODEL'})}")
     return rankdyna(["bench", *exports, "--dense-model", args.dense_model, "--out", args.out,
                      "--choose", "8", "128", *bench_args])
 

@@ -13,9 +13,10 @@ import argparse
 import collections
 import json
 import os
-import shlex
 import subprocess
 import sys
+
+from peft_rankdyna.io import portable_command
 
 
 def profile(path: str, tokenizer_dir: str, batch_size: int, seq_len: int, runs: int, threads: int) -> dict[str, float]:
@@ -75,7 +76,7 @@ def main() -> int:
     for op in kinds:
         lines.append(f"| {op} | " + " | ".join(f"{r.get(op, 0.0):.2f}" for r in results.values()) + " |")
     lines.append("| **total** | " + " | ".join(f"**{sum(r.values()):.2f}**" for r in results.values()) + " |")
-    command_text = f"python {shlex.join(sys.argv)}"
+    command_text = f"python {portable_command(sys.argv, {args.tokenizer: '$MODEL'})}"
     text = (f"Kernel milliseconds per run by op type, batch {args.batch_size} × seq {args.seq_len}, "
             f"{args.runs} runs, {args.threads} threads, CPU provider.\n\n" + "\n".join(lines)
             + f"\n\nCommand: `{command_text}`\n")

@@ -13,12 +13,13 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 from typing import Any
 
 import torch
 import transformers
+
+from peft_rankdyna.io import portable_command
 
 
 def command_of(settings: dict[str, Any]) -> str:
@@ -32,7 +33,7 @@ def command_of(settings: dict[str, Any]) -> str:
     for key, flag in flags.items():
         if settings[key] != defaults[key]:
             parts += [flag, str(settings[key])]
-    return shlex.join(parts)
+    return portable_command(parts, {settings["model"]: "$MODEL"})
 
 
 def load_run(folder: str) -> dict[str, Any]:
@@ -84,10 +85,10 @@ def main() -> None:
                    "cpus": os.cpu_count()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"environment": environment, "summarize_command": shlex.join(sys.argv), "runs": runs}, handle,
+        json.dump({"environment": environment, "summarize_command": portable_command(sys.argv), "runs": runs}, handle,
                   indent=1)
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
-        handle.write(markdown(runs) + f"\n\nSummarised with `python {shlex.join(sys.argv)}` on {environment}.\n")
+        handle.write(markdown(runs) + f"\n\nSummarised with `python {portable_command(sys.argv)}` on {environment}.\n")
     for folder, run in zip(args.folders, runs):
         if run["settings"]["budget"] is not None:
             draw(folder, f"{args.out}-{run['settings']['task']}-{run['settings']['budget']:g}")

@@ -15,10 +15,10 @@ round's mean step time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -28,7 +28,8 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from peft_rankdyna import RankDynaConfig
+from peft_rankdyna import RankDynaConfig, RankDynaLayer
+from peft_rankdyna.io import portable_command
 
 
 def build(model_path: str, kept: float | None, masked_product: bool = False) -> torch.nn.Module:
@@ -41,8 +42,15 @@ def build(model_path: str, kept: float | None, masked_product: bool = False) -> 
     for layer in model.base_model.rankdyna_layers().values():
         layer.set_mask(torch.arange(layer.initial_rank) < max(1, round(kept * layer.initial_rank)))
         if masked_product:  # every group stays in the products, the masked ones times zero
-            layer.kept_factors = layer.factors
+            layer.kept_factors = functools.partial(masked_product_factors, layer)
     return model
+
+
+def masked_product_factors(layer: RankDynaLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The earlier forward's factors: all held groups, the masked singular values multiplied by zero."""
+    U, s, Vt = layer.factor_parameters()
+    scale = layer.rankdyna_step_scale["default"].to(s.dtype) ** 2  # the stored factors are U/c and Vᵀ/c
+    return U, s * scale * layer.mask.to(s.dtype), Vt
 
 
 def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
@@ -103,7 +111,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     results = measure(args)
-    command = "python " + shlex.join(sys.argv)
+    command = "python " + portable_command(sys.argv, {args.model: "$MODEL"})
     environment = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

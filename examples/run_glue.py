@@ -19,7 +19,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 from peft_rankdyna import RankDynaCallback, RankDynaConfig
 from peft_rankdyna.data.glue import GlueDataset, compute_metrics, get_task, load_glue
-from peft_rankdyna.pipeline import load_model, load_tokenizer
+from peft_rankdyna.loading import load_tokenizer
+from peft_rankdyna.pipeline import load_model
 
 
 def main() -> None:

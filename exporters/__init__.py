@@ -1,6 +1,8 @@
 """ONNX export of RankDyna compact models (source folder ``exporters/``, import name ``rankdyna_exporters``).
 
-- ``onnx_config``: the compact model type in Optimum's exporter (registered on ``import peft_rankdyna``);
+The compact model type is taught to Optimum's exporter by ``peft_rankdyna.registry`` on
+``import peft_rankdyna``; this package depends on ``peft_rankdyna``, never the reverse.
+
 - ``fusion``: export-time attention modules that become one fused attention op per layer;
 - ``export`` / ``validation`` / ``fp16``: the graphs of an export folder, each checked before it is kept;
 - ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark.

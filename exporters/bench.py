@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Optional, Sequence
 
-from .layout import FILE_NAMES, FP16, REPORT_NAME, flops_ratio, read_export_report
+from .layout import FILE_NAMES, FP16, REPORT_NAME, read_export_report
 
 PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT = "pytorch dense", "onnx dense (raw)", "onnx dense (ort-optimized)"
 
@@ -285,6 +285,7 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
     from transformers import AutoConfig, AutoTokenizer
 
     from peft_rankdyna.io import atomic_write_text
+    from peft_rankdyna.report import flops_ratio
 
     labels = _labels(export_dirs)
     config = AutoConfig.from_pretrained(export_dirs[0])  # Optimum saves the base model's config beside the graph

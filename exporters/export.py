@@ -20,6 +20,8 @@ import torch
 
 from peft_rankdyna.compact import AutoCompactModel
 from peft_rankdyna.io import atomic_write_dir
+from peft_rankdyna.report import flop_counts
+from peft_rankdyna.registry import ONNX_VALIDATION_ATOL as VALIDATION_ATOL
 
 from . import require_onnx_extras
 
@@ -28,7 +30,6 @@ require_onnx_extras()  # one clear error before the imports below need optimum
 from . import fp16 as half  # noqa: E402
 from .fusion import MHA_OP, fuse_attention  # noqa: E402
 from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME  # noqa: E402
-from .onnx_config import VALIDATION_ATOL  # noqa: E402
 from .runtime import CPU, create_session  # noqa: E402
 from .validation import ExportValidationError, max_positions, tokenised_inputs, validate  # noqa: E402
 
@@ -48,7 +49,7 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
 
     model, tokenizer = _load(source, tokenizer)
     task = task or TasksManager.infer_task_from_model(model)
-    report: dict[str, Any] = {"task": task, "atol": VALIDATION_ATOL, "flops": flops_per_token(model), "variants": {}}
+    report: dict[str, Any] = {"task": task, "atol": VALIDATION_ATOL, "flops": flop_counts(model), "variants": {}}
 
     def write(folder: str) -> None:
         _export_with_optimum(model, folder, task, opset, tokenizer)
@@ -155,16 +156,6 @@ def _batches(tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]], name
         encoded = tokenizer([a for a, _ in chunk], second, padding=True, truncation=True, max_length=seq_len,
                             return_tensors="np")
         yield {name: encoded[name].astype(np.int64) for name in names}
-
-
-def flops_per_token(model: torch.nn.Module) -> dict[str, int]:
-    """FLOPs per token of the linear layers (compact and dense) and of attention per key position."""
-    from peft_rankdyna.report import model_report
-
-    report = model_report(model, seq_len=0)
-    return {"linear": report["linear_flops_per_token"],
-            "dense_linear": report["dense_flops_per_token"] - report["attention_flops_per_token"],
-            "attention_per_position": model_report(model, seq_len=1)["attention_flops_per_token"]}
 
 
 def op_counts(path: str) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""What an export folder holds: the graph files, their descriptions, the report; FLOP ratios from it.
+"""What an export folder holds: the graph files, their descriptions, the report.
 
 Kept free of torch and transformers so benchmark workers start fast.
 """
@@ -20,12 +20,6 @@ DESCRIPTIONS = {
     FP16: "the fused graph with onnxruntime's fusions in half precision (fp32 inputs/outputs, LayerNorm in fp32)",
 }
 REPORT_NAME = "rankdyna_export.json"
-
-
-def flops_ratio(flops: dict[str, int], seq_len: int) -> float:
-    """Compact/dense FLOPs per token at ``seq_len`` from an export report's ``flops`` (``export.flops_per_token``)."""
-    attention = flops["attention_per_position"] * seq_len
-    return (flops["linear"] + attention) / (flops["dense_linear"] + attention)
 
 
 def read_export_report(export_dir: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Parameter accounting and the cubic budget schedule.
 
 Pure functions on integers: no torch, no PEFT, no Trainer. Everything here is counted in
-parameters of the *final* (merged) model, which is what a user compresses for.
+parameters of the *final* (merged) model, which is what a user compresses for: a matrix of rank r
+merges into ``in → r`` and ``r → out`` Linears, r·(in + out) weights (the singular values are folded
+into them), or into one dense ``in × out`` Linear where that is no larger. This module is the one
+definition of that cost; the allocator, the compact model and the reports all use it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ StepSpec = Union[int, float]
 """An ``int`` is a number of optimizer steps; a ``float`` in [0, 1) is a fraction of the total."""
 
 
+def check_budget(value: float, name: str = "target_budget") -> float:
+    """A budget is a fraction in (0, 1] of the target matrices' dense parameters; anything else is an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"`{name}` must be a fraction in (0, 1] of the target matrices' parameters, got {value!r}.")
+    return float(value)
+
+
 def group_cost(out_features: int, in_features: int) -> int:
-    """Parameters one singular group (column of U, singular value, row of Vᵀ) costs."""
-    return out_features + in_features + 1
+    """Final-model parameters one singular group costs: a column of U and a row of diag(s)·Vᵀ."""
+    return out_features + in_features
 
 
 def matrix_cost(rank: int, out_features: int, in_features: int) -> int:

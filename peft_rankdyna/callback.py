@@ -10,20 +10,20 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .io import atomic_write_text
-from .model import RankDynaModel
+from .model import RankDynaModel, find_rankdyna_model
 
 HISTORY_FILE = "rankdyna_history.json"
 
 
-def find_rankdyna_model(model: nn.Module) -> RankDynaModel:
-    """The :class:`RankDynaModel` inside a ``PeftModel`` (or the model itself)."""
-    for candidate in (model, getattr(model, "base_model", None)):
-        if isinstance(candidate, RankDynaModel):
-            return candidate
-    raise ValueError(
-        f"No RankDyna model found in {type(model).__name__}: wrap it with "
-        "`peft.get_peft_model(model, RankDynaConfig(...))` before training."
-    )
+def require_rankdyna_model(model: nn.Module) -> RankDynaModel:
+    """The :class:`RankDynaModel` inside ``model``; a clear error when there is none."""
+    found = find_rankdyna_model(model)
+    if found is None:
+        raise ValueError(
+            f"No RankDyna model found in {type(model).__name__}: wrap it with "
+            "`peft.get_peft_model(model, RankDynaConfig(...))` before training."
+        )
+    return found
 
 
 def check_parallelism(args: TrainingArguments) -> None:
@@ -73,7 +73,7 @@ class RankDynaCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         check_parallelism(args)
-        self._model = find_rankdyna_model(kwargs["model"])
+        self._model = require_rankdyna_model(kwargs["model"])
         config = self._model.rankdyna_config
         if config.total_step is None:
             config.total_step = state.max_steps

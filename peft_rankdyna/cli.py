@@ -12,6 +12,19 @@ def _fraction_or_steps(text: str) -> float | int:
     return int(value) if value >= 1 and value.is_integer() and "." not in text else value
 
 
+def _config_defaults() -> dict:
+    """RankDynaConfig's field defaults: the CLI's defaults are the config's, never a copy of them."""
+    import dataclasses
+
+    from .config import RankDynaConfig
+
+    return {f.name: f.default for f in dataclasses.fields(RankDynaConfig)}
+
+
+def _step_scale(text: str) -> str | float:
+    return text if text == "matched" else float(text)
+
+
 def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compress",
@@ -41,14 +54,19 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training rows")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N dev rows")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument("--tinit", type=_fraction_or_steps, default=0.1,
-                        help="warm-up: steps (int) or fraction of training (float < 1); default 0.1")
-    parser.add_argument("--tfinal", type=_fraction_or_steps, default=0.2,
-                        help="final frozen-mask phase: steps or fraction; default 0.2")
-    parser.add_argument("--delta-t", type=_fraction_or_steps, default=10,
-                        help="mask refresh interval: steps or fraction; default 10")
+    defaults = _config_defaults()
+    parser.add_argument("--tinit", type=_fraction_or_steps, default=defaults["tinit"],
+                        help="warm-up at the initial budget: steps (int) or fraction of training (float < 1); "
+                        f"default {defaults['tinit']}")
+    parser.add_argument("--tfinal", type=_fraction_or_steps, default=defaults["tfinal"],
+                        help=f"final frozen-mask phase: steps or fraction; default {defaults['tfinal']}")
+    parser.add_argument("--delta-t", type=_fraction_or_steps, default=defaults["deltaT"],
+                        help=f"mask refresh interval: steps or fraction; default {defaults['deltaT']}")
     parser.add_argument("--init-budget", type=float, default=None,
                         help="start below full rank at this fraction of the dense size (default: full rank)")
+    parser.add_argument("--factor-step-scale", type=_step_scale, default=defaults["factor_step_scale"],
+                        help="'matched' (default): Adam steps on the factors sized like dense ones; a number "
+                        "scales them (1.0: plain Adam on the factors, the earlier behaviour)")
     parser.add_argument("--allocation", choices=["global", "per_matrix"], default="global",
                         help="global competition (the method) or the per_matrix ablation (same fraction everywhere)")
     parser.add_argument("--importance-updates", choices=["dynamic", "frozen"], default="dynamic",
@@ -60,8 +78,7 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compress(args: argparse.Namespace) -> None:
-    from .pipeline import CompressSettings, compress
-    from .report import format_results
+    from .pipeline import CompressSettings, compress, format_results
 
     settings = CompressSettings(
         model=args.model,
@@ -81,7 +98,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         finetuned_model=args.finetuned_model,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
-                  "importance_updates": args.importance_updates},
+                  "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
         show_progress=not args.no_progress,
     )
     print(format_results(compress(settings)))
@@ -129,7 +146,7 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 def _run_merge(args: argparse.Namespace) -> None:
     from peft import PeftConfig
 
-    from .pipeline import load_tokenizer, merge_adapter
+    from .loading import load_tokenizer, merge_adapter
 
     base = args.base_model or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
     merge_adapter(args.adapter, base).save_pretrained(args.output, tokenizer=load_tokenizer(base))
@@ -151,7 +168,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from .data.glue import get_task
-    from .pipeline import evaluate, load_folder, load_tokenizer
+    from .loading import load_folder, load_tokenizer
+    from .pipeline import evaluate
 
     task = get_task(args.task)
     metrics = evaluate(load_folder(args.directory), load_tokenizer(args.directory), task, args.glue_dir,
@@ -223,10 +241,10 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    import shlex
-
     from rankdyna_exporters.bench import BenchSettings, benchmark
     from rankdyna_exporters.runtime import choose_provider
+
+    from .io import portable_command
 
     _log_progress()
     if args.choose and (args.choose[0] not in args.batch_sizes or args.choose[1] not in args.seq_lens):
@@ -234,7 +252,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     settings = BenchSettings(batch_sizes=tuple(args.batch_sizes), seq_lens=tuple(args.seq_lens), rounds=args.rounds,
                              runs_per_round=args.runs_per_round, warmup=args.warmup,
                              provider=choose_provider(args.provider), threads=args.threads)
-    command = shlex.join(["rankdyna", *args.argv])
+    command = "rankdyna " + portable_command(args.argv, {args.dense_model: "$MODEL"})
     results = benchmark(args.exports, args.dense_model, settings, args.out, command, args.work_dir,
                         tuple(args.choose) if args.choose else None)
     with open(args.out + ".md", encoding="utf-8") as handle:

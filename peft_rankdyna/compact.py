@@ -3,7 +3,8 @@
 A merged target matrix keeps only its active singular groups, with the singular values folded
 into the factors, in the cheapest of three forms:
 
-- ``LowRankLinear``: ``in → r`` (no bias) then ``r → out`` (the original bias), when r·(in+out) < in·out;
+- ``LowRankLinear``: ``in → r`` (no bias) then ``r → out`` (the original bias), when r·(in+out) < in·out
+  (:mod:`peft_rankdyna.budget` counts every matrix this way);
 - ``nn.Linear``: one dense layer rebuilt from the factors, when factoring saves nothing;
 - ``BiasOnly``: rank 0, the layer's output is its bias.
 
@@ -28,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .budget import break_even_rank, matrix_cost
 from .io import atomic_write_dir
 
 # transformers quotes an unknown model_type in its error, so this one tells the reader what to do.
@@ -68,16 +70,11 @@ class BiasOnly(nn.Module):
 
 
 def truncated_form(rank: int, in_features: int, out_features: int) -> str:
-    """Which module a matrix of this rank merges into: ``"bias_only"``, ``"factored"`` or ``"dense"``."""
+    """Which module a matrix of this rank merges into: ``"bias_only"``, ``"factored"`` or ``"dense"``
+    (dense from the rank at which factoring no longer saves parameters, as ``budget`` counts them)."""
     if rank == 0:
         return "bias_only"
-    return "factored" if rank * (in_features + out_features) < in_features * out_features else "dense"
-
-
-def truncated_params(rank: int, in_features: int, out_features: int) -> int:
-    """Weight parameters (bias excluded) of the module a matrix of this rank merges into."""
-    form = truncated_form(rank, in_features, out_features)
-    return {"bias_only": 0, "factored": rank * (in_features + out_features), "dense": in_features * out_features}[form]
+    return "dense" if rank >= break_even_rank(out_features, in_features) else "factored"
 
 
 def empty_truncated_module(rank: int, in_features: int, out_features: int, bias: bool) -> nn.Module:
@@ -117,7 +114,10 @@ class CompactModelMixin:
         return dict(self.config.rankdyna["ranks"])
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], tokenizer: Any = None, **_: Any) -> None:
-        """Write weights (safetensors), config and, if given, the tokenizer, atomically into ``save_directory``."""
+        """Write weights (safetensors), config and, if given, the tokenizer, atomically into ``save_directory``.
+
+        A model over the budget recorded at merge time is refused before anything is written."""
+        check_within_budget(self)
         config = self.config.to_dict()
         config["rankdyna"] = {**config["rankdyna"], "base_model_type": config["model_type"]}
         config["model_type"] = COMPACT_MODEL_TYPE  # plain transformers must refuse this folder
@@ -153,12 +153,40 @@ def compact_class(base_cls: type) -> type:
     return _COMPACT_CLASSES[base_cls]
 
 
-def make_compact(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
-    """Mark a merged transformers model as compact: record the ranks and add the compact save format."""
-    model.config.rankdyna = {"format_version": COMPACT_FORMAT_VERSION, "ranks": dict(sorted(ranks.items()))}
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` carries a transformers config (the compact save format needs one)."""
+    return isinstance(getattr(model, "config", None), transformers.PretrainedConfig)
+
+
+def make_compact(model: nn.Module, ranks: dict[str, int], target_params: Optional[int] = None) -> nn.Module:
+    """Mark a merged transformers model as compact: record the ranks (and the parameter budget they were
+    allocated under, checked at every save) and add the compact save format."""
+    if not is_transformers_model(model):
+        raise TypeError(f"The compact format records its ranks in a transformers config; {type(model).__name__} "
+                        "has none. A plain nn.Module keeps its truncated layers but has no compact save format.")
+    info: dict[str, Any] = {"format_version": COMPACT_FORMAT_VERSION, "ranks": dict(sorted(ranks.items()))}
+    if target_params is not None:
+        info["target_params"] = int(target_params)
+    model.config.rankdyna = info
     model.config.export_model_type = COMPACT_EXPORT_TYPE
     model.__class__ = compact_class(type(model))
     return model
+
+
+def check_within_budget(model: nn.Module) -> None:
+    """Refuse a compact model whose target matrices hold more parameters than the budget it recorded."""
+    info = model.config.rankdyna
+    if info.get("target_params") is None:
+        return
+    kept = sum(matrix_cost(rank, *_shape(model.get_submodule(name))) for name, rank in info["ranks"].items())
+    if kept > info["target_params"]:
+        raise ValueError(f"This compact model's target matrices hold {kept:,} parameters, over the budget of "
+                         f"{info['target_params']:,} they were allocated under; it is not the model that was "
+                         "compressed. Merge it again from the trained RankDyna model.")
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    return module.out_features, module.in_features
 
 
 class AutoCompactModel:
@@ -191,7 +219,7 @@ class AutoCompactModel:
             module = empty_truncated_module(rank, linear.in_features, linear.out_features, linear.bias is not None)
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
         model.load_state_dict(_load_checked_weights(directory, model), assign=True)
-        model = make_compact(model, info["ranks"]).eval()
+        model = make_compact(model, info["ranks"], info.get("target_params")).eval()
         model.tie_weights()
         return model.to(torch_dtype) if torch_dtype is not None else model
 

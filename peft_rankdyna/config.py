@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
-from .budget import Schedule, StepSpec, resolve_steps
+from .budget import Schedule, StepSpec, check_budget, resolve_steps
 from .registry import RANKDYNA_PEFT_TYPE
 
 
@@ -48,6 +48,12 @@ class RankDynaConfig(PeftConfig):
             importance only chooses which of its groups.
         importance_updates: ``"dynamic"`` (the method): scores are re-estimated until the final
             phase. ``"frozen"`` (ablation): scores stop updating at the end of the warm-up.
+        factor_step_scale: How far an optimizer step moves the factors U and Vᵀ. ``"matched"`` (the
+            default) scales it, per matrix, so that an Adam step moves the effective weight about as
+            far as Adam moves the dense weight at the same learning rate (see
+            :func:`~peft_rankdyna.layer.matched_step_scale`); a number c scales every matrix's steps
+            by c; ``1.0`` is plain Adam on the factors, whose steps move MiniLM's weights 2–3× as far
+            as dense fine-tuning does (the behaviour before this option).
         rank_multiple: When merging, round every factored matrix's rank down to a multiple of this
             (e.g. 8 or 16, for hardware kernels) and re-spend the freed parameters globally, so the
             budget still holds. ``None`` keeps the allocated ranks.
@@ -82,6 +88,9 @@ class RankDynaConfig(PeftConfig):
     importance_updates: str = field(
         default="dynamic", metadata={"help": "'dynamic' or the 'frozen' ablation (no updates after warm-up)."}
     )
+    factor_step_scale: Union[str, float] = field(
+        default="matched", metadata={"help": "'matched' (Adam steps sized like dense ones) or a number (1.0 = raw)."}
+    )
     rank_multiple: Optional[int] = field(
         default=None, metadata={"help": "Round merged ranks down to multiples of this, re-spending the rest."}
     )
@@ -93,8 +102,7 @@ class RankDynaConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
-        if not 0.0 < self.target_budget <= 1.0:
-            raise ValueError(f"`target_budget` must be in (0, 1], got {self.target_budget}.")
+        check_budget(self.target_budget, "target_budget")
         if self.init_budget is not None and not self.target_budget <= self.init_budget <= 1.0:
             raise ValueError(
                 f"`init_budget` must be None (full rank) or in [target_budget={self.target_budget}, 1], "
@@ -111,6 +119,11 @@ class RankDynaConfig(PeftConfig):
             raise ValueError(f"`allocation` must be 'global' or 'per_matrix', got {self.allocation!r}.")
         if self.importance_updates not in ("dynamic", "frozen"):
             raise ValueError(f"`importance_updates` must be 'dynamic' or 'frozen', got {self.importance_updates!r}.")
+        if self.factor_step_scale != "matched" and not (
+            isinstance(self.factor_step_scale, (int, float)) and not isinstance(self.factor_step_scale, bool)
+            and self.factor_step_scale > 0
+        ):
+            raise ValueError(f"`factor_step_scale` must be 'matched' or a number > 0, got {self.factor_step_scale!r}.")
         if self.rank_multiple is not None and (not isinstance(self.rank_multiple, int) or self.rank_multiple < 1):
             raise ValueError(f"`rank_multiple` must be None or an int ≥ 1, got {self.rank_multiple!r}.")
         if self.deltaT <= 0:

@@ -15,6 +15,8 @@ adapter files and Trainer checkpoints carry them, and a resumed run continues fr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -49,6 +51,11 @@ class GroupImportance(nn.Module):
         for factor, shape in (("U", (out_features, rank)), ("s", (rank,)), ("Vt", (rank, in_features))):
             self.register_buffer(f"sensitivity_{factor}", torch.zeros(shape))
             self.register_buffer(f"uncertainty_{factor}", torch.zeros(shape))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "GroupImportance":
+        # Statistics stay fp32 whatever the model's dtype: scores are of order 1e-13 and would underflow
+        # to zero in half precision, leaving the allocation to tie order. Only the device follows `fn`.
+        return super()._apply(lambda t: t.to(device=fn(t).device), recurse)
 
     @torch.no_grad()
     def update(

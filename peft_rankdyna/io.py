@@ -1,11 +1,13 @@
-"""Crash-safe file writes: write to a temporary name in the same folder, then rename."""
+"""What goes to disk: crash-safe writes (a temporary name, then a rename), and portable command lines."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Mapping, Sequence
+from typing import Callable, Optional
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -52,3 +54,30 @@ def atomic_write_dir(directory: str, write: Callable[[str], None]) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def portable_command(argv: Sequence[str], variables: Optional[Mapping[str, str]] = None) -> str:
+    """A command line to record beside results, without the paths of the machine it ran on.
+
+    An argument that is one of ``variables``' paths, or lies under one, becomes its variable
+    (``$MODEL``, ``$MODEL/sub``); by default ``$MODEL`` and ``$GLUE_DIR`` stand for those environment
+    variables' values when set. Other absolute paths under the current directory become relative.
+    """
+    variables = dict(variables or {})
+    for name in ("MODEL", "GLUE_DIR"):
+        if os.environ.get(name):
+            variables.setdefault(os.environ[name], f"${name}")
+    roots = sorted(((os.path.abspath(path).rstrip(os.sep), name) for path, name in variables.items() if path),
+                   key=lambda item: -len(item[0]))
+    here = os.getcwd()
+
+    def portable(arg: str) -> str:
+        if not os.path.isabs(arg):
+            return shlex.quote(arg)
+        path = os.path.normpath(arg)
+        for root, name in roots:
+            if path == root or path.startswith(root + os.sep):
+                return name + path[len(root):]
+        return shlex.quote(os.path.relpath(path, here) if path.startswith(here + os.sep) else path)
+
+    return " ".join(portable(arg) for arg in argv)

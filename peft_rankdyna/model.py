@@ -9,17 +9,18 @@ import torch
 from peft.tuners.tuners_utils import (
     AuxiliaryTrainingWrapper,
     BaseTuner,
+    _ExcludedModule,
     _get_tuner_state_dict_key_prefixes,
     _is_key_under_prefixes,
 )
 from torch import nn
 
-from .allocator import Allocation, allocate, allocate_per_matrix, round_to_multiple
-from .budget import matrix_cost
-from .compact import make_compact
+from .allocator import Allocation, round_to_multiple
+from .compact import is_transformers_model, make_compact
 from .config import RankDynaConfig
-from .layer import RankDynaLayer
-from .targets import TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING, split_matrix_name
+from .controller import AllocationController, scores_and_shapes
+from .layer import NO_DENSE_WEIGHT, RankDynaLayer, check_linear
+from .targets import TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING
 
 
 class RankDynaModel(BaseTuner):
@@ -45,13 +46,10 @@ class RankDynaModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING
 
     def __init__(self, model: nn.Module, config: Any, adapter_name: str = "default", **kwargs: Any) -> None:
+        self.controller = AllocationController(self.rankdyna_layers, lambda: self.rankdyna_config)
         super().__init__(model, config, adapter_name, **kwargs)
-        self._allocation_calls = 0
         self._training_forwards = 0
         self._warned_no_allocation = False
-        self.nonfinite_streak = 0
-        self.last_allocation: Optional[Allocation] = None
-        self.last_budget: Optional[int] = None
 
     @property
     def rankdyna_config(self) -> RankDynaConfig:
@@ -65,6 +63,13 @@ class RankDynaModel(BaseTuner):
                 "RankDyna replaces the weights themselves, so a model holds one RankDyna adapter only."
             )
 
+    def _prepare_model(self, peft_config: RankDynaConfig, model: nn.Module) -> None:
+        # Called by PEFT before any module is replaced: refuse a bad target while the model is untouched.
+        for key, module in model.named_modules():
+            result = self._check_target_module_exists(peft_config, key) if key else False
+            if result and not isinstance(result, _ExcludedModule) and not isinstance(module, RankDynaLayer):
+                check_linear(module, key)
+
     def _create_and_replace(
         self,
         peft_config: RankDynaConfig,
@@ -77,12 +82,9 @@ class RankDynaModel(BaseTuner):
     ) -> None:
         if isinstance(target, RankDynaLayer):
             raise ValueError(f"{current_key} is already a RankDyna layer.")
-        if type(target) is not nn.Linear:
-            raise ValueError(
-                f"Target module {current_key} is a {type(target).__name__}; RankDyna factors torch.nn.Linear "
-                "layers only. Narrow `target_modules` to the Linear layers."
-            )
-        self._replace_module(parent, target_name, RankDynaLayer(target, adapter_name, peft_config.init_budget), target)
+        check_linear(target, current_key)
+        layer = RankDynaLayer(target, adapter_name, peft_config.init_budget, peft_config.factor_step_scale)
+        self._replace_module(parent, target_name, layer, target)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # The factors are created on the weight's device already; the base class would look for the
@@ -98,10 +100,7 @@ class RankDynaModel(BaseTuner):
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         if not enabled:
-            raise ValueError(
-                "RankDyna replaced the target weights by their factors; there is no dense weight to fall back on, "
-                "so the adapter cannot be disabled."
-            )
+            raise ValueError(NO_DENSE_WEIGHT)
 
     @classmethod
     def _get_adapter_state_dict(
@@ -115,8 +114,10 @@ class RankDynaModel(BaseTuner):
         """The factors, masks and importance statistics, plus every non-target weight when it is trained."""
         to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         if config.train_base_model:
+            # Every base entry but the dense weights the RankDyna layers report (their factors are saved).
             base_names = {name for name, _ in _base_model_entries(model, state_dict)}
-            to_return.update({k: v for k, v in state_dict.items() if k in base_names})
+            dense = {f"{name}.base_layer.weight" for name, m in model.named_modules() if isinstance(m, RankDynaLayer)}
+            to_return.update({k: v for k, v in state_dict.items() if k in base_names and k not in dense})
         return to_return
 
     # ----------------------------------------------------------------------------- accounting
@@ -126,24 +127,19 @@ class RankDynaModel(BaseTuner):
 
     def dense_params(self) -> int:
         """Parameters of the target matrices in the original dense model."""
-        return sum(layer.out_features * layer.in_features for layer in self.rankdyna_layers().values())
+        return self.controller.dense_params()
 
     def initial_params(self) -> int:
         """Final-model parameters of the target matrices with every held group kept."""
-        return sum(
-            matrix_cost(layer.initial_rank, layer.out_features, layer.in_features)
-            for layer in self.rankdyna_layers().values()
-        )
+        return self.controller.initial_params()
 
     def target_params(self) -> int:
         """Parameter budget of the target matrices at the end of training."""
-        return int(self.rankdyna_config.target_budget * self.dense_params())
+        return self.controller.target_params()
 
     def kept_params(self) -> int:
         """Final-model parameters of the target matrices with the current masks."""
-        return sum(
-            matrix_cost(layer.rank, layer.out_features, layer.in_features) for layer in self.rankdyna_layers().values()
-        )
+        return self.controller.kept_params()
 
     def ranks(self) -> dict[str, int]:
         """Kept rank of every target matrix."""
@@ -157,83 +153,72 @@ class RankDynaModel(BaseTuner):
         (not per micro-batch under gradient accumulation). ``global_step`` is the 0-based index of
         the optimizer step just taken. Returns the new allocation when the mask was refreshed.
         Steps whose gradients are not finite are skipped with a warning and never enter the EMAs;
-        ``nonfinite_streak`` counts how many such steps came in a row.
+        ``nonfinite_streak`` counts how many such steps came in a row. The target budget is enforced
+        at the first finite step of the final phase.
         """
-        config = self.rankdyna_config
-        schedule = config.schedule()
-        self._allocation_calls += 1
-        layers = self.rankdyna_layers()
-        if not _gradients_finite(layers.values()):
-            self.nonfinite_streak += 1
-            warnings.warn(
-                f"RankDyna: non-finite gradients at step {global_step}; importance not updated at this step.",
-                stacklevel=2,
-            )
-            return None
-        self.nonfinite_streak = 0
-        if not schedule.tracks_importance_at(global_step):
-            return None
-        frozen = config.importance_updates == "frozen" and global_step >= schedule.tinit
-        if not frozen:
-            for layer in layers.values():
-                layer.update_importance(config.beta1, config.beta2)
-        if not schedule.refreshes_at(global_step):
-            return None
-        budget = schedule.budget(global_step, self.initial_params(), self.target_params())
-        allocation = self._allocate(layers, budget)
-        for name, layer in layers.items():
-            layer.set_mask(allocation.masks[name])
-        _check_same_masks_on_all_ranks(allocation.masks, global_step)
-        self.last_allocation, self.last_budget = allocation, budget
-        return allocation
+        return self.controller.step(global_step)
 
-    def _allocate(self, layers: dict[str, RankDynaLayer], budget: int) -> Allocation:
-        scores, shapes = _scores_and_shapes(layers)
-        if self.rankdyna_config.allocation == "per_matrix":
-            initial = {name: matrix_cost(layer.initial_rank, *shapes[name]) for name, layer in layers.items()}
-            return allocate_per_matrix(scores, shapes, initial, budget)
-        return allocate(scores, shapes, budget)
+    def allocate_to_target(self) -> Allocation:
+        """Allocate the target budget now from the current scores (what the final refresh does)."""
+        return self.controller.allocate(self.target_params(), global_step=-1)
+
+    @property
+    def nonfinite_streak(self) -> int:
+        """Optimizer steps in a row, up to the last one, whose gradients were not finite."""
+        return self.controller.nonfinite_streak
+
+    @property
+    def last_allocation(self) -> Optional[Allocation]:
+        """The allocation of the last mask refresh (None before the first)."""
+        return self.controller.last_allocation
+
+    @property
+    def last_budget(self) -> Optional[int]:
+        """The budget of the last mask refresh (None before the first)."""
+        return self.controller.last_budget
 
     def allocation_stats(self) -> dict[str, float]:
         """Budget, kept parameters, score threshold and per-layer ranks, ready for ``Trainer.log``."""
-        dense = self.dense_params()
-        kept = self.kept_params()
-        stats: dict[str, float] = {
-            "rankdyna/budget_params": float(self.last_budget if self.last_budget is not None else self.initial_params()),
-            "rankdyna/kept_params": float(kept),
-            "rankdyna/kept_fraction": kept / dense,
-            "rankdyna/threshold": self.last_allocation.threshold if self.last_allocation is not None else 0.0,
-        }
-        for layer_name, rank in _ranks_by_layer(self.ranks()).items():
-            stats[f"rankdyna/rank/{layer_name}"] = float(rank)
-        return stats
+        return self.controller.stats()
 
     # ----------------------------------------------------------------------------- merge
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
-        """The compact model: a plain transformers model with every target matrix truncated to its kept groups.
+        """The compact model: the base model with every target matrix truncated to its kept groups.
 
-        With ``rank_multiple`` set, ranks are first rounded down to multiples of it and the freed
-        parameters re-spent globally (see :func:`~peft_rankdyna.allocator.round_to_multiple`).
+        For a transformers model it is the compact model (same class, compact save format); any other
+        ``nn.Module`` comes back with its targets truncated. With ``rank_multiple`` set, ranks are first
+        rounded down to multiples of it and the freed parameters re-spent globally (see
+        :func:`~peft_rankdyna.allocator.round_to_multiple`). Everything is checked before anything
+        changes: a model over its target budget (the final refresh never ran) and, with
+        ``safe_merge=True``, non-finite factors are errors that leave the model as it was.
         Like PEFT's own merge, this unwraps the base model: use the returned model afterwards.
         """
-        multiple = self.rankdyna_config.rank_multiple
-        if multiple:
-            self.round_ranks(multiple)
-        ranks = self.ranks()
+        kept, target = self.kept_params(), self.target_params()
+        if kept > target:
+            raise ValueError(
+                f"RankDyna: the target matrices keep {kept:,} parameters, over the target budget of {target:,} "
+                "(target_budget × dense): the final refresh has not run (training stopped before the final phase). "
+                "Train to the end, or call `allocate_to_target()` on the RankDyna model before merging."
+            )
+        if safe_merge:
+            broken = [f"{name} ({', '.join(bad)})" for name, layer in self.rankdyna_layers().items()
+                      if (bad := layer.nonfinite_factors())]
+            if broken:
+                raise ValueError(f"NaNs or infinities detected in the weights to merge: {'; '.join(broken)}. "
+                                 f"The adapter {self.active_adapters[0]!r} seems to be broken.")
+        if self.rankdyna_config.rank_multiple:
+            self.round_ranks(self.rankdyna_config.rank_multiple)
+        ranks, target = self.ranks(), self.target_params()
         model = super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
-        return make_compact(model, ranks)
+        return make_compact(model, ranks, target) if is_transformers_model(model) else model
 
     def round_ranks(self, multiple: int) -> None:
         """Round the current masks' ranks to multiples of ``multiple`` within the target budget."""
         layers = self.rankdyna_layers()
-        scores, shapes = _scores_and_shapes(layers)
+        scores, shapes = scores_and_shapes(layers)
         masks = round_to_multiple(
-            scores,
-            shapes,
-            {name: layer.mask for name, layer in layers.items()},
-            max(self.target_params(), self.kept_params()),
-            multiple,
+            scores, shapes, {name: layer.mask for name, layer in layers.items()}, self.target_params(), multiple
         )
         for name, layer in layers.items():
             layer.set_mask(masks[name])
@@ -255,7 +240,7 @@ class RankDynaModel(BaseTuner):
 
     def _warn_if_not_allocating(self) -> None:
         self._training_forwards += 1
-        if self._allocation_calls or self._warned_no_allocation:
+        if self.controller.calls or self._warned_no_allocation:
             return
         config = self.rankdyna_config
         if config.total_step is not None:
@@ -270,43 +255,6 @@ class RankDynaModel(BaseTuner):
                 "call `model.update_and_allocate(step)` after `optimizer.step()` in your loop.",
                 stacklevel=3,
             )
-
-
-def _scores_and_shapes(
-    layers: dict[str, RankDynaLayer],
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
-    """Group scores and ``(out, in)`` shapes per matrix, the allocator's inputs."""
-    scores = {name: layer.group_scores() for name, layer in layers.items()}
-    return scores, {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
-
-
-def _check_same_masks_on_all_ranks(masks: dict[str, torch.Tensor], step: int) -> None:
-    """Under torch.distributed, fail loudly if the processes' allocations differ (they must not)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    if torch.distributed.get_world_size() == 1:
-        return
-    # One fingerprint per matrix: which groups are kept, as a position-weighted sum.
-    fingerprint = torch.stack(
-        [(mask.double() * torch.arange(1, len(mask) + 1, dtype=torch.float64)).sum() for mask in masks.values()]
-    )
-    backend_device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-    fingerprint = fingerprint.to(backend_device)
-    gathered = [torch.empty_like(fingerprint) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, fingerprint)
-    for rank, other in enumerate(gathered):
-        if not torch.equal(other, gathered[0]):
-            name = list(masks)[int((other != gathered[0]).nonzero()[0])]
-            raise RuntimeError(
-                f"RankDyna: the rank allocation diverged between processes at step {step} (process {rank} differs "
-                f"from process 0 first at {name}). Importance must come from synchronised gradients: wrap the "
-                "model in DistributedDataParallel and call update_and_allocate after optimizer.step()."
-            )
-
-
-def _gradients_finite(layers: Any) -> bool:
-    grads = [p.grad for layer in layers for p in layer.factor_parameters()]
-    return all(g is None or bool(torch.isfinite(g).all()) for g in grads)
 
 
 def _base_model_entries(model: nn.Module, entries: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -324,11 +272,9 @@ def _base_model_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return _base_model_entries(model, dict(model.named_parameters()))
 
 
-def _ranks_by_layer(ranks: dict[str, int]) -> dict[str, int]:
-    """Total kept rank per transformer layer (``layer_3``); matrices outside a layer list by name."""
-    totals: dict[str, int] = {}
-    for name, rank in ranks.items():
-        layer, _ = split_matrix_name(name)
-        key = name if layer is None else f"layer_{layer}"
-        totals[key] = totals.get(key, 0) + rank
-    return totals
+def find_rankdyna_model(model: nn.Module) -> Optional[RankDynaModel]:
+    """The :class:`RankDynaModel` inside a ``PeftModel`` (or the model itself); None for any other model."""
+    for candidate in (model, getattr(model, "base_model", None)):
+        if isinstance(candidate, RankDynaModel):
+            return candidate
+    return None

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -22,10 +23,13 @@ from transformers import (
 from .callback import RankDynaCallback
 from .trainer import RankDynaTrainer
 from .baselines import factor_model, fisher_row_importance
-from .compact import WEIGHTS_NAME, truncated_params
+from .budget import check_budget, matrix_cost
+from .collapse import check_collapse
+from .compact import WEIGHTS_NAME
 from .config import RankDynaConfig
 from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_dir, atomic_write_text
+from .loading import load_tokenizer, require_model_folder
 from .plots import plot_history, plot_rank_heatmap
 from .report import matrix_table, model_parameters, model_report
 from .targets import default_target_names
@@ -67,58 +71,9 @@ class CompressSettings:
         self.finetuned_model = None if self.finetuned_model is None else os.fspath(self.finetuned_model)
 
 
-def _require_model_folder(path: str) -> None:
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
-
-
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer saved beside a model; a folder without one is a clear error."""
-    _require_model_folder(path)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, TypeError, ValueError) as error:
-        raise ValueError(f"No usable tokenizer in {path} ({error}); save the tokenizer beside the model.") from None
-
-
-def load_rankdyna_adapter(adapter_dir: str, base_model: Optional[str] = None) -> Any:
-    """A saved RankDyna adapter on its base model (default: the base path recorded in the adapter)."""
-    from peft import PeftConfig, PeftModel
-
-    config = PeftConfig.from_pretrained(adapter_dir)
-    base_path = base_model or config.base_model_name_or_path
-    if not base_path or not os.path.isdir(base_path):
-        raise FileNotFoundError(
-            f"Base model of {adapter_dir} not found at {base_path!r}; pass the local base model folder."
-        )
-    base = AutoModelForSequenceClassification.from_pretrained(base_path)
-    return PeftModel.from_pretrained(base, adapter_dir)
-
-
-def load_folder(directory: str) -> torch.nn.Module:
-    """Any saved model folder: a RankDyna adapter (on its base), a compact model, or a dense classifier."""
-    from .compact import COMPACT_MODEL_TYPE, CONFIG_NAME, AutoCompactModel
-
-    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
-        return load_rankdyna_adapter(directory)
-    config_path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{directory} holds neither a model (config.json) nor a RankDyna adapter.")
-    with open(config_path, encoding="utf-8") as handle:
-        model_type = json.load(handle).get("model_type")
-    if model_type == COMPACT_MODEL_TYPE:
-        return AutoCompactModel.from_pretrained(directory)
-    return AutoModelForSequenceClassification.from_pretrained(directory)
-
-
-def merge_adapter(adapter_dir: str, base_model: Optional[str] = None) -> torch.nn.Module:
-    """The compact model of a saved RankDyna adapter (see ``RankDynaModel.merge_and_unload``)."""
-    return load_rankdyna_adapter(adapter_dir, base_model).merge_and_unload()
-
-
 def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     """A sequence-classification model from a local folder, with the task's head."""
-    _require_model_folder(path)
+    require_model_folder(path)
     kwargs: dict[str, Any] = {"num_labels": task.num_labels}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
@@ -136,7 +91,7 @@ METHODS = ("rankdyna", "svd", "fwsvd")
 FINETUNED_DIR = "finetuned"  # where a dense run keeps its fine-tuned model
 
 
-def compress(settings: CompressSettings) -> dict[str, Any]:
+def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Fine-tune (and, with a budget, compress) ``settings.model`` on ``settings.task``; returns the results.
 
     ``method="rankdyna"`` compresses while fine-tuning, in one round. ``"svd"`` and ``"fwsvd"`` are
@@ -144,6 +99,7 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     rows by Fisher importance gathered over the training set), then fine-tuning the factors with
     the same settings again. Writes ``results.json``, the compact model, its report and pictures
     (and, for RankDyna, the adapter and ``rankdyna_history.json``) into ``settings.output_dir``.
+    ``callbacks`` are added to every Trainer the job builds (after RankDyna's own).
     """
     start = time.perf_counter()
     set_seed(settings.seed)
@@ -153,8 +109,8 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     config = None
     if settings.budget is not None and settings.method == "rankdyna":  # validated before any slow work
         config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
-    elif settings.budget is not None and not 0.0 < settings.budget <= 1.0:
-        raise ValueError(f"`budget` must be in (0, 1], got {settings.budget}.")
+    elif settings.budget is not None:
+        check_budget(settings.budget, "budget")
     if settings.finetuned_model is not None and (config is not None or settings.budget is None):
         raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
                          "use it with method 'svd' or 'fwsvd' and a budget.")
@@ -172,15 +128,22 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
             model=model, args=_training_arguments(settings), train_dataset=train, eval_dataset=dev,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
+            callbacks=list(callbacks),
         )
         if train_it:
             trainer.train()
         return trainer
 
     def score(trainer: Trainer) -> None:
-        metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
-        results["metrics"] = {name: metrics[name] for name in task.metric_names}
+        output = trainer.predict(dev, metric_key_prefix="eval")
+        results["metrics"] = {name: output.metrics[f"eval_{name}"] for name in task.metric_names}
         results["train_steps"] = trainer.state.global_step
+        results["collapse"] = check_collapse(
+            output.predictions, output.label_ids, results["metrics"],
+            lambda predictions, labels: compute_metrics(task, predictions, labels), task.is_regression,
+        ).to_dict()
+        if results["collapse"]["collapsed"]:
+            warnings.warn(f"rankdyna compress: {results['collapse']['message']}", stacklevel=2)
 
     results["model_params_after"] = results["model_params_before"]
     if settings.budget is None:
@@ -257,7 +220,7 @@ def _save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSet
         print(f"rankdyna: no history plot written ({error})")
     rounding = {}
     if settings.rankdyna.get("rank_multiple"):
-        allocated = sum(truncated_params(layer.rank, layer.in_features, layer.out_features) for layer in layers)
+        allocated = sum(matrix_cost(layer.rank, layer.out_features, layer.in_features) for layer in layers)
         rounding = {"rank_multiple": settings.rankdyna["rank_multiple"], "target_params_before_rounding": allocated}
     return model.merge_and_unload(), rounding
 
@@ -292,3 +255,33 @@ def _save_compact(compact: torch.nn.Module, tokenizer: Any, settings: CompressSe
         "file_size_bytes": report["file_size_bytes"],
         "flops_ratio": report["flops_ratio"],
     }
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A short plain-text summary of :func:`peft_rankdyna.pipeline.compress`'s results."""
+    settings = results["settings"]
+    names = {"rankdyna": "RankDyna", "svd": "SVD + fine-tuning", "fwsvd": "FWSVD + fine-tuning"}
+    method = "dense fine-tuning" if settings["budget"] is None else (
+        f"{names[settings.get('method', 'rankdyna')]}, budget {settings['budget']:g}")
+    lines = [f"{settings['task']} dev ({method}, {results['train_steps']} steps):"]
+    lines += [f"  {name:<22}{value:.4f}" for name, value in results["metrics"].items()]
+    if results.get("collapse", {}).get("collapsed"):
+        lines.append(f"  WARNING: {results['collapse']['message']}. These numbers are not a result; see the "
+                     "README's section on collapsed runs.")
+    if "target_params_before" in results:
+        before, after = results["target_params_before"], results["target_params_after"]
+        lines.append(f"  {'target-matrix params':<22}{before:,} -> {after:,} ({after / before:.1%})")
+    before, after = results["model_params_before"], results["model_params_after"]
+    lines.append(f"  {'model params':<22}{before:,} -> {after:,} ({after / before:.1%})")
+    if "rank_multiple" in results:
+        lines.append(f"  {'rank rounding':<22}multiples of {results['rank_multiple']}: target params "
+                     f"{results['target_params_before_rounding']:,} allocated -> {results['target_params_after']:,}")
+    if "compact_dir" in results:
+        lines.append(f"  {'compact model':<22}{results['compact_dir']} ({results['file_size_bytes'] / 2**20:.1f} MiB, "
+                     f"{results['flops_ratio']:.3f} of dense FLOPs/token)")
+    if "finetuned_dir" in results:
+        lines.append(f"  {'fine-tuned model':<22}{results['finetuned_dir']}")
+    if settings.get("finetuned_model"):
+        lines.append(f"  {'first round':<22}reused from {settings['finetuned_model']} (not in the wall time)")
+    lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s")
+    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Accounting for any model — dense, RankDyna while training, compact — and text summaries of it.
 
-Parameters of the target matrices are counted as the final model stores them: a compact matrix
-by its actual weights (r·(in+out) factored, in·out dense, 0 bias-only), a RankDyna matrix while
-training by the budget's accounting (r·(in+out+1), capped at in·out), a dense one at in·out.
+Parameters of the target matrices are counted as the final model stores them
+(:func:`peft_rankdyna.budget.matrix_cost`: r·(in+out) factored, in·out dense, 0 bias-only): a
+compact matrix by its actual weights, a RankDyna matrix while training by what it will merge into.
 FLOPs are per token, multiply-add = 2 FLOPs: the target linear layers, and attention's QKᵀ and
 AV products (4 · seq_len · hidden per layer).
 """
@@ -17,6 +17,7 @@ from torch import nn
 
 from .budget import matrix_cost
 from .compact import WEIGHTS_NAME, BiasOnly, CompactModelMixin, LowRankLinear, truncated_form
+from .model import find_rankdyna_model
 from .targets import KIND_ORDER, default_target_names, split_matrix_name
 
 
@@ -39,16 +40,9 @@ class MatrixRow:
         return self.params / (self.in_features * self.out_features)
 
 
-def _rankdyna_model(model: nn.Module) -> Any:
-    from .model import RankDynaModel
-
-    inner = getattr(model, "base_model", None)
-    return inner if isinstance(inner, RankDynaModel) else (model if isinstance(model, RankDynaModel) else None)
-
-
 def matrix_table(model: nn.Module) -> list[MatrixRow]:
     """The per-matrix rank table of a dense, RankDyna or compact model."""
-    rankdyna = _rankdyna_model(model)
+    rankdyna = find_rankdyna_model(model)
     rows = []
     if rankdyna is not None:
         for name, layer in rankdyna.rankdyna_layers().items():
@@ -86,7 +80,7 @@ def _row(name: str, in_features: int, out_features: int, rank: int, params: int)
 
 def model_parameters(model: nn.Module) -> int:
     """Parameters of the model as it will be stored: for a RankDyna model, the compact model it merges into."""
-    rankdyna = _rankdyna_model(model)
+    rankdyna = find_rankdyna_model(model)
     unique = {id(p): (n, p) for n, p in model.named_parameters()}.values()
     if rankdyna is None:
         return sum(p.numel() for _, p in unique)
@@ -99,24 +93,38 @@ def attention_flops_per_position(hidden_size: int, layers: int) -> int:
     return 4 * hidden_size * layers
 
 
+def flop_counts(model: nn.Module, rows: Optional[list[MatrixRow]] = None) -> dict[str, int]:
+    """FLOPs per token of the target linear layers (as kept, and dense) and of attention per key position."""
+    rows = matrix_table(model) if rows is None else rows
+    config = model.config
+    return {"linear": 2 * sum(row.params for row in rows),
+            "dense_linear": 2 * sum(row.in_features * row.out_features for row in rows),
+            "attention_per_position": attention_flops_per_position(config.hidden_size, config.num_hidden_layers)}
+
+
+def flops_ratio(counts: dict[str, int], seq_len: int) -> float:
+    """Kept/dense FLOPs per token at ``seq_len`` from :func:`flop_counts` (the one definition of the ratio)."""
+    attention = counts["attention_per_position"] * seq_len
+    return (counts["linear"] + attention) / (counts["dense_linear"] + attention)
+
+
 def model_report(model: nn.Module, seq_len: int = 128, weights_file: Optional[str] = None) -> dict[str, Any]:
     """Parameters, FLOPs per token, rank table and, given the file it was saved to, size on disk of ``model``."""
     rows = matrix_table(model)
-    config = model.config
-    attention_flops = seq_len * attention_flops_per_position(config.hidden_size, config.num_hidden_layers)
-    linear_flops = 2 * sum(row.params for row in rows)
+    counts = flop_counts(model, rows)
+    attention_flops = counts["attention_per_position"] * seq_len
     report = {
         "seq_len": seq_len,
         "target_params": sum(row.params for row in rows),
         "target_params_dense": sum(row.in_features * row.out_features for row in rows),
         "model_params": model_parameters(model),
-        "linear_flops_per_token": linear_flops,
+        "linear_flops_per_token": counts["linear"],
         "attention_flops_per_token": attention_flops,
-        "flops_per_token": linear_flops + attention_flops,
-        "dense_flops_per_token": 2 * sum(r.in_features * r.out_features for r in rows) + attention_flops,
+        "flops_per_token": counts["linear"] + attention_flops,
+        "dense_flops_per_token": counts["dense_linear"] + attention_flops,
+        "flops_ratio": flops_ratio(counts, seq_len),
         "matrices": [asdict(row) for row in rows],
     }
-    report["flops_ratio"] = report["flops_per_token"] / report["dense_flops_per_token"]
     if weights_file is not None:
         report["file_size_bytes"] = os.path.getsize(weights_file)
     return report
@@ -124,7 +132,7 @@ def model_report(model: nn.Module, seq_len: int = 128, weights_file: Optional[st
 
 def report_folder(directory: str, seq_len: int = 128) -> dict[str, Any]:
     """:func:`model_report` of a saved folder: compact model, RankDyna adapter or dense transformers model."""
-    from .pipeline import load_folder
+    from .loading import load_folder
 
     candidates = [os.path.join(directory, name) for name in (WEIGHTS_NAME, "model.safetensors")]
     weights = next((path for path in candidates if os.path.isfile(path)), None)
@@ -147,31 +155,4 @@ def format_report(report: dict[str, Any]) -> str:
         kept = row["params"] / (row["in_features"] * row["out_features"])
         shape = f"{row['in_features']}×{row['out_features']}"
         lines.append(f"{row['name']:<52}{shape:>12}{row['rank']:>6}  {row['form']:<10}{row['params']:>10,}{kept:>7.1%}")
-    return "\n".join(lines)
-
-
-def format_results(results: dict[str, Any]) -> str:
-    """A short plain-text summary of :func:`peft_rankdyna.pipeline.compress`'s results."""
-    settings = results["settings"]
-    names = {"rankdyna": "RankDyna", "svd": "SVD + fine-tuning", "fwsvd": "FWSVD + fine-tuning"}
-    method = "dense fine-tuning" if settings["budget"] is None else (
-        f"{names[settings.get('method', 'rankdyna')]}, budget {settings['budget']:g}")
-    lines = [f"{settings['task']} dev ({method}, {results['train_steps']} steps):"]
-    lines += [f"  {name:<22}{value:.4f}" for name, value in results["metrics"].items()]
-    if "target_params_before" in results:
-        before, after = results["target_params_before"], results["target_params_after"]
-        lines.append(f"  {'target-matrix params':<22}{before:,} -> {after:,} ({after / before:.1%})")
-    before, after = results["model_params_before"], results["model_params_after"]
-    lines.append(f"  {'model params':<22}{before:,} -> {after:,} ({after / before:.1%})")
-    if "rank_multiple" in results:
-        lines.append(f"  {'rank rounding':<22}multiples of {results['rank_multiple']}: target params "
-                     f"{results['target_params_before_rounding']:,} allocated -> {results['target_params_after']:,}")
-    if "compact_dir" in results:
-        lines.append(f"  {'compact model':<22}{results['compact_dir']} ({results['file_size_bytes'] / 2**20:.1f} MiB, "
-                     f"{results['flops_ratio']:.3f} of dense FLOPs/token)")
-    if "finetuned_dir" in results:
-        lines.append(f"  {'fine-tuned model':<22}{results['finetuned_dir']}")
-    if settings.get("finetuned_model"):
-        lines.append(f"  {'first round':<22}reused from {settings['finetuned_model']} (not in the wall time)")
-    lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s")
     return "\n".join(lines)

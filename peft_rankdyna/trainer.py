@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import glob
+import inspect
 import os
 import shutil
 import tempfile
 from typing import Any, Optional
 
+import transformers
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -15,6 +18,30 @@ from .callback import RankDynaCallback
 from .io import replace_dir
 
 _STAGING_PREFIX = ".staging-"
+# What the staging redirect relies on in transformers' (private) checkpoint code; transformers has no
+# public hook for where a checkpoint is written. Checked when a RankDynaTrainer is built, so an
+# upgrade that changes it fails loudly instead of writing checkpoints non-atomically.
+_SAVE_CHECKPOINT_CALLS = ("self._get_output_dir(trial=trial)", "self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)")
+
+
+@functools.lru_cache(maxsize=None)
+def check_trainer_internals(trainer_cls: type) -> None:
+    """Raise if ``trainer_cls._save_checkpoint`` no longer writes through ``_get_output_dir`` (tested on 4.57)."""
+    try:
+        source = inspect.getsource(trainer_cls._save_checkpoint)
+        rotate = inspect.signature(trainer_cls._rotate_checkpoints).parameters
+    except (AttributeError, OSError, TypeError) as error:
+        source, rotate = "", {}
+        reason = str(error)
+    else:
+        reason = "its checkpoint code changed"
+    if not all(call in source for call in _SAVE_CHECKPOINT_CALLS) or not {"use_mtime", "output_dir"} <= set(rotate):
+        raise RuntimeError(
+            f"RankDynaTrainer's crash-safe checkpoints rely on transformers' Trainer._save_checkpoint calling "
+            f"{' and '.join(_SAVE_CHECKPOINT_CALLS)}; transformers {transformers.__version__} does not ({reason}). "
+            "Install transformers 4.57.x, or use transformers.Trainer with RankDynaCallback.attach(trainer) "
+            "(checkpoints then are not written atomically)."
+        )
 
 
 class RankDynaTrainer(Trainer):
@@ -32,6 +59,7 @@ class RankDynaTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, rankdyna_callback: Optional[RankDynaCallback] = None, **kwargs: Any) -> None:
+        check_trainer_internals(Trainer)
         super().__init__(*args, **kwargs)
         self.rankdyna_callback = RankDynaCallback.attach(self, rankdyna_callback)
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
@@ -15,6 +16,8 @@ from transformers import (
     MPNetConfig,
     RobertaConfig,
 )
+
+from peft_rankdyna import RankDynaConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_DIR = os.environ.get("GLUE_DIR") or os.path.join(REPO_ROOT, "..", "shared", "data", "glue")
@@ -112,3 +115,57 @@ def tiny_glue_model(tmp_path) -> str:
     AutoModel.from_config(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     return str(tmp_path / "model")
+
+
+class RandomTask(torch.utils.data.Dataset):
+    """Tiny learnable task: label = whether a token id below 30 appears in the first half."""
+
+    def __init__(self, size=64, length=12, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(5, 99, (size, length), generator=generator)
+        self.labels = (self.input_ids[:, : length // 2] < 30).any(dim=1).long()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones_like(self.input_ids[i]),
+                "labels": self.labels[i]}
+
+
+def wrapped_model(**config: Any) -> torch.nn.Module:
+    """A tiny BERT classifier wrapped by RankDyna (small budget and schedule, overridable)."""
+    defaults = dict(target_budget=0.3, tinit=4, tfinal=4, deltaT=2, task_type="SEQ_CLS")
+    return get_peft_model(tiny_model(), RankDynaConfig(**{**defaults, **config}))
+
+
+def custom_loop(model: torch.nn.Module, steps: int, seed: int = 0, start: int = 0) -> None:
+    """Train ``model`` on :class:`RandomTask` with AdamW, calling the allocator after every step."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = RandomTask()
+    model.train()
+    for step in range(start, steps):
+        batch = data[[(step * 8 + i) % len(data) for i in range(8)]]
+        model(**batch).loss.backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+
+
+def trained_model(rank_multiple: Optional[int] = None, steps: int = 10) -> torch.nn.Module:
+    """A tiny RankDyna model trained to its target budget (0.3) by :func:`custom_loop`, in eval mode."""
+    config = RankDynaConfig(target_budget=0.3, tinit=2, tfinal=2, deltaT=2, total_step=steps, task_type="SEQ_CLS",
+                            rank_multiple=rank_multiple)
+    model = get_peft_model(tiny_model(), config)
+    custom_loop(model, steps)
+    return model.eval()
+
+
+def word_tokenizer(folder: Any) -> Any:
+    """A WordPiece tokenizer of the words w0..w93 (ids fit the tiny models), its vocabulary written into ``folder``."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))

@@ -4,9 +4,8 @@ import os
 
 import torch
 import torch.distributed as dist
-from conftest import tiny_model
+from conftest import RandomTask, tiny_model
 from peft import get_peft_model
-from test_training import RandomTask
 
 from peft_rankdyna import RankDynaConfig
 

@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_training import RandomTask, _wrapped  # noqa: E402
+from conftest import RandomTask, wrapped_model  # noqa: E402
 
 from peft_rankdyna import RankDynaTrainer  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(output_dir: str, mode: str) -> None:
         output_dir=output_dir, max_steps=20, per_device_train_batch_size=8, learning_rate=1e-3, save_steps=6,
         save_strategy="steps", report_to=[], disable_tqdm=True, use_cpu=True, seed=0, data_seed=0, logging_steps=50,
     )
-    model = _wrapped()
+    model = wrapped_model()
     trainer = RankDynaTrainer(model=model, args=arguments, train_dataset=RandomTask(), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     masks = {name: layer.mask for name, layer in model.base_model.rankdyna_layers().items()}

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_training import _custom_loop, _wrapped
+from conftest import custom_loop, wrapped_model
 
 from peft_rankdyna import RankDynaConfig
 from peft_rankdyna.allocator import allocate_per_matrix
@@ -25,8 +25,8 @@ def test_per_matrix_keeps_the_same_fraction_everywhere():
 
 
 def test_per_matrix_model_ends_with_uniform_fractions():
-    model = _wrapped(total_step=20, allocation="per_matrix")
-    _custom_loop(model, 20)
+    model = wrapped_model(total_step=20, allocation="per_matrix")
+    custom_loop(model, 20)
     fractions = [matrix_cost(layer.rank, layer.out_features, layer.in_features) / (layer.out_features * layer.in_features)
                  for layer in model.base_model.rankdyna_layers().values()]
     assert model.base_model.kept_params() <= model.base_model.target_params()
@@ -34,14 +34,14 @@ def test_per_matrix_model_ends_with_uniform_fractions():
 
 
 def test_frozen_importance_stops_updating_after_warm_up():
-    model = _wrapped(total_step=20, importance_updates="frozen")  # tinit=4
-    _custom_loop(model, 4)
+    model = wrapped_model(total_step=20, importance_updates="frozen")  # tinit=4
+    custom_loop(model, 4)
     at_warm_up_end = [layer.group_scores().clone() for layer in model.base_model.rankdyna_layers().values()]
-    _custom_loop(model, 20, start=4)
+    custom_loop(model, 20, start=4)
     for before, layer in zip(at_warm_up_end, model.base_model.rankdyna_layers().values()):
         assert torch.equal(before, layer.group_scores())
-    dynamic = _wrapped(total_step=20)
-    _custom_loop(dynamic, 20)
+    dynamic = wrapped_model(total_step=20)
+    custom_loop(dynamic, 20)
     assert not torch.equal(at_warm_up_end[0], next(iter(dynamic.base_model.rankdyna_layers().values())).group_scores())
 
 

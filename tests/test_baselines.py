@@ -53,7 +53,6 @@ def _one_linear_model(seed=0):
     torch.manual_seed(seed)
     model = nn.Module()
     model.proj = nn.Linear(16, 12)
-    model.config = type("Config", (), {"to_dict": lambda self: {"model_type": "none"}})()
     return model
 
 

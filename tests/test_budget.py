@@ -4,7 +4,7 @@ from peft_rankdyna.budget import Schedule, break_even_rank, initial_rank, matrix
 
 
 def test_matrix_cost_caps_at_dense_size():
-    assert matrix_cost(10, 384, 384) == 10 * 769
+    assert matrix_cost(10, 384, 384) == 10 * 768
     assert matrix_cost(384, 384, 384) == 384 * 384
     assert matrix_cost(0, 8, 4) == 0
 
@@ -13,14 +13,14 @@ def test_break_even_rank_is_first_rank_no_cheaper_dense():
     for out_f, in_f in [(384, 384), (1536, 384), (7, 3)]:
         rank = break_even_rank(out_f, in_f)
         assert matrix_cost(rank, out_f, in_f) == out_f * in_f
-        assert (rank - 1) * (out_f + in_f + 1) < out_f * in_f
+        assert (rank - 1) * (out_f + in_f) < out_f * in_f
 
 
 def test_initial_rank_full_or_under_init_budget():
     assert initial_rank(384, 1536, None) == 384
     rank = initial_rank(384, 384, 1.0)
-    assert rank * 769 <= 384 * 384 < (rank + 1) * 769
-    assert initial_rank(384, 384, 0.5) * 769 <= 0.5 * 384 * 384
+    assert rank * 768 <= 384 * 384 < (rank + 1) * 768
+    assert initial_rank(384, 384, 0.5) * 768 <= 0.5 * 384 * 384
 
 
 def test_resolve_steps_accepts_steps_and_fractions():

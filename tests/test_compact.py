@@ -5,32 +5,16 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_model
-from peft import get_peft_model
-from test_training import _custom_loop
+from conftest import tiny_batch, tiny_model, trained_model, word_tokenizer
 from torch import nn
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
 import peft_rankdyna.compact as compact_module
-from peft_rankdyna import AutoCompactModel, RankDynaConfig
+from peft_rankdyna import AutoCompactModel
 from peft_rankdyna.allocator import round_to_multiple
 from peft_rankdyna.budget import break_even_rank, matrix_cost
 from peft_rankdyna.compact import BiasOnly, LowRankLinear, truncate
 from peft_rankdyna.layer import RankDynaLayer
-
-
-def _trained(rank_multiple=None, steps=10):
-    config = RankDynaConfig(target_budget=0.3, tinit=2, tfinal=2, deltaT=2, total_step=steps, task_type="SEQ_CLS",
-                            rank_multiple=rank_multiple)
-    model = get_peft_model(tiny_model(), config)
-    _custom_loop(model, steps)
-    return model.eval()
-
-
-def _tokenizer(folder):
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
-    (folder / "vocab.txt").write_text("\n".join(vocab))
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
 
 
 def test_truncate_picks_the_cheapest_form_and_keeps_the_function():
@@ -52,7 +36,7 @@ def test_truncate_without_bias():
 
 
 def test_merge_equals_the_masked_model_and_is_plain_transformers():
-    model = _trained()
+    model = trained_model()
     batch = tiny_batch()
     with torch.no_grad():
         expected = model(**batch).logits
@@ -68,15 +52,15 @@ def test_merge_equals_the_masked_model_and_is_plain_transformers():
 
 def test_unload_without_merge_is_refused():
     with pytest.raises(ValueError, match="merge_and_unload"):
-        _trained(steps=6).unload()
+        trained_model(steps=6).unload()
 
 
 def test_save_and_load_in_a_fresh_process(tmp_path):
-    compact = _trained().merge_and_unload()
+    compact = trained_model().merge_and_unload()
     batch = tiny_batch()
     with torch.no_grad():
         expected = compact(**batch).logits
-    compact.save_pretrained(tmp_path / "compact", tokenizer=_tokenizer(tmp_path))
+    compact.save_pretrained(tmp_path / "compact", tokenizer=word_tokenizer(tmp_path))
     files = sorted(p.name for p in (tmp_path / "compact").iterdir())
     assert {"config.json", "model.rankdyna.safetensors", "tokenizer.json", "vocab.txt"} <= set(files)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folders left
@@ -95,7 +79,7 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
 
 
 def test_plain_transformers_refuses_a_compact_folder(tmp_path):
-    _trained(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
+    trained_model(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
     for loader, says in [("AutoModelForSequenceClassification", "import peft_rankdyna and load with"),
                          ("BertForSequenceClassification", "model.safetensors")]:
         script = f"import transformers; transformers.{loader}.from_pretrained({str(tmp_path / 'c')!r})"
@@ -105,7 +89,7 @@ def test_plain_transformers_refuses_a_compact_folder(tmp_path):
 
 
 def test_weights_that_disagree_with_the_ranks_name_the_tensor(tmp_path):
-    _trained(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
+    trained_model(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
     config_path = tmp_path / "c" / "config.json"
     config = json.loads(config_path.read_text())
     name = next(n for n, r in config["rankdyna"]["ranks"].items() if 0 < r < 10)
@@ -116,7 +100,7 @@ def test_weights_that_disagree_with_the_ranks_name_the_tensor(tmp_path):
 
 
 def test_truncated_weights_and_newer_format_are_clear_errors(tmp_path):
-    _trained(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
+    trained_model(steps=6).merge_and_unload().save_pretrained(tmp_path / "c")
     weights = tmp_path / "c" / "model.rankdyna.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="unreadable or truncated"):
@@ -130,7 +114,7 @@ def test_truncated_weights_and_newer_format_are_clear_errors(tmp_path):
 
 
 def test_crash_while_saving_leaves_the_previous_folder_intact(tmp_path, monkeypatch):
-    compact = _trained(steps=6).merge_and_unload()
+    compact = trained_model(steps=6).merge_and_unload()
     compact.save_pretrained(tmp_path / "c")
     before = (tmp_path / "c" / "model.rankdyna.safetensors").read_bytes()
 
@@ -165,7 +149,7 @@ def test_round_to_multiple_keeps_budget_and_respends():
 
 
 def test_merge_with_rank_multiple(tmp_path):
-    model = _trained(rank_multiple=4)
+    model = trained_model(rank_multiple=4)
     target = model.base_model.target_params()
     compact = model.merge_and_unload()
     for name, rank in compact.rankdyna_ranks.items():
@@ -176,10 +160,10 @@ def test_merge_with_rank_multiple(tmp_path):
 
 
 def test_merge_a_saved_adapter(tmp_path):
-    from peft_rankdyna.pipeline import merge_adapter
+    from peft_rankdyna.loading import merge_adapter
 
     tiny_model().save_pretrained(tmp_path / "base")
-    model = _trained()
+    model = trained_model()
     model.save_pretrained(tmp_path / "adapter")
     batch = tiny_batch()
     with torch.no_grad():
@@ -194,9 +178,9 @@ def test_merge_cli_writes_a_loadable_compact_folder(tmp_path):
     from peft_rankdyna.cli import main
 
     tiny_model().save_pretrained(tmp_path / "base")
-    _tokenizer(tmp_path / "base")
+    word_tokenizer(tmp_path / "base")
     BertTokenizerFast(vocab_file=str(tmp_path / "base" / "vocab.txt")).save_pretrained(tmp_path / "base")
-    model = _trained()
+    model = trained_model()
     model.save_pretrained(tmp_path / "adapter")
     with torch.no_grad():
         expected = model(**tiny_batch()).logits

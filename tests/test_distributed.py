@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ddp_worker import run, train
 
-from peft_rankdyna.model import _check_same_masks_on_all_ranks
+from peft_rankdyna.distributed import check_same_masks_on_all_ranks, first_difference
 
 
 def _free_port() -> int:
@@ -28,13 +28,18 @@ def test_two_process_ddp_masks_match_each_other_and_one_process(tmp_path):
         assert torch.equal(rank0[name], single[name]), name
 
 
+# Masks {1, 4} and {2, 3} of a 5-group matrix: a position-weighted sum (1 + 4 == 2 + 3) cannot tell them apart.
+COLLIDING = ([False, True, False, False, True], [False, False, True, True, False])
+
+
 def _diverging(rank: int, out_dir: str, port: int) -> None:
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    masks = {"first": torch.ones(3, dtype=torch.bool), "layer": torch.tensor(COLLIDING[rank])}
     try:
-        _check_same_masks_on_all_ranks({"layer": torch.tensor([True, rank == 0, False])}, step=7)
+        check_same_masks_on_all_ranks(masks, step=7)
     except RuntimeError as error:
         open(os.path.join(out_dir, f"error-{rank}.txt"), "w").write(str(error))
     finally:
@@ -46,3 +51,10 @@ def test_diverging_allocations_fail_loudly(tmp_path):
     for rank in (0, 1):
         message = (tmp_path / f"error-{rank}.txt").read_text()
         assert "diverged between processes at step 7" in message and "layer" in message
+
+
+def test_first_difference_tells_colliding_masks_apart_and_names_the_matrix():
+    same = torch.tensor([1, 1, 1, *COLLIDING[0]], dtype=torch.uint8)
+    other = torch.tensor([1, 1, 1, *COLLIDING[1]], dtype=torch.uint8)
+    assert first_difference([same, same.clone()], [3, 5], ["first", "layer"]) is None
+    assert first_difference([same, same.clone(), other], [3, 5], ["first", "layer"]) == (2, "layer")

@@ -26,12 +26,13 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
             "--work-dir", str(tmp_path / "work"), "--runs", runs, "--parallel", "2"]
     assert glue.main(args) == 0
     records = glue.read_lines(runs)
-    assert sorted(r["cell"]["method"] for r in records) == sorted(glue.METHOD_FLAGS)
+    assert sorted(r["cell"]["method"] for r in records) == sorted(glue.DEFAULT_METHODS)
     for record in records:
-        assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 100
+        assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 0
         assert record["parallel"] == 2 and record["device"] == training_device()
         assert record["pipeline_wall_s"] > 0 and record["process_cpu_s"] > 0 and record["commit"]
-        assert record["command"].startswith("rankdyna compress")
+        assert record["command"].startswith("rankdyna compress --model $MODEL") and record["collapsed"] in (True, False)
+        assert record["cell"]["model"] == "$MODEL" and tiny_glue_model not in json.dumps(record)
         if record["cell"]["method"] != "dense":
             assert record["target_params"] <= 0.5 * record["target_params_dense"]
     dense = next(r for r in records if r["cell"]["method"] == "dense")
@@ -39,16 +40,17 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
         assert "--finetuned-model" in record["command"] and record["first_round"]["key"] == dense["key"]
         assert record["pipeline_wall_s"] == pytest.approx(record["second_round"]["pipeline_wall_s"]
                                                           + dense["pipeline_wall_s"])
-        assert record["process_cpu_s"] > dense["process_cpu_s"]
+        assert record["process_cpu_s"] == pytest.approx(record["second_round"]["process_cpu_s"]
+                                                         + dense["process_cpu_s"])
     assert glue.main(args) == 0  # a rerun finds every cell done
     assert len(glue.read_lines(runs)) == len(records)
     out = str(tmp_path / "glue")
     assert glue.main(["summarize", "--runs", runs, "--out", out]) == 0
     text = open(out + ".md", encoding="utf-8").read()
-    assert "### MRPC" in text and "**" in text and "RankDyna, frozen importance" in text and "FWSVD + FT †" in text
+    assert "### MRPC" in text and "**" in text and "RankDyna, old defaults" in text and "FWSVD + FT †" in text
     assert " ‡ |" in text and f"trained on {training_device()}" in text
     assert os.path.getsize(out + ".png") > 0
-    assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 6
+    assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 5
 
 
 def _record(seed, lr, accuracy, budget=0.5):
@@ -125,18 +127,26 @@ def test_a_zero_score_is_printed_and_an_unrecorded_cpu_time_is_a_dash():
     assert "| 0.0000 |" in table and "| 10 | — |" in table
 
 
+def test_collapsed_runs_are_marked_in_the_table():
+    records = [{**_record(1, 5e-5, 0.0), "collapsed": True}, {**_record(2, 5e-5, 0.2), "collapsed": False}]
+    assert "RankDyna ⚠ 1 of 2 collapsed |" in glue.markdown_table(glue.summarize(records), "mrpc")
+    assert "collapsed" not in glue.markdown_table(glue.summarize([_record(1, 5e-5, 0.2)]), "mrpc")
+
+
 def test_plot_labels_means_over_fewer_seeds(tmp_path):
     rows = glue.summarize([_record(1, 5e-5, 0.8), _record(2, 5e-5, 0.9), _record(1, 5e-5, 0.6, budget=0.25)])
     labels = glue.plot_scores(rows, str(tmp_path / "plot.png"))
     assert labels == [("mrpc", 0.25, "1 seed")] and (tmp_path / "plot.png").stat().st_size > 0
 
 
-def test_task_sample_limits_must_name_the_task():
-    with pytest.raises(SystemExit):
+def test_task_sample_limits_must_name_the_task(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         glue.main(["run", "--model", "m", "--max-train-samples", "8000"])
+    assert exit_info.value.code == 2 and "takes TASK=N (e.g. sst2=8000), got '8000'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("parallel", ["0", "-1", "two"])
-def test_parallel_takes_a_whole_number_of_at_least_one(parallel):
-    with pytest.raises(SystemExit):
+def test_parallel_takes_a_whole_number_of_at_least_one(parallel, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         glue.main(["run", "--model", "m", "--parallel", parallel])
+    assert exit_info.value.code == 2 and f"expected a whole number of at least 1, got {parallel!r}" in capsys.readouterr().err

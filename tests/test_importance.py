@@ -40,3 +40,18 @@ def test_masked_groups_keep_their_statistics():
     after = importance.scores()
     assert after[1] == before[1]
     assert after[0] != before[0]
+
+
+def test_several_updates_follow_the_ema_recursion_by_hand():
+    importance = GroupImportance(2, 3, 2)
+    beta1, beta2 = 0.85, 0.6
+    sensitivity, uncertainty = 0.0, 0.0
+    for seed in range(4):  # four different gradients: the β·(old EMA) terms are exercised from the second on
+        U, s, Vt = _factors_with_grads(seed=seed)
+        importance.update(U, s, Vt, torch.ones(2, dtype=torch.bool), beta1=beta1, beta2=beta2)
+        instant = (s * s.grad).abs().detach()
+        sensitivity = beta1 * sensitivity + (1 - beta1) * instant
+        uncertainty = beta2 * uncertainty + (1 - beta2) * (instant - sensitivity).abs()
+    torch.testing.assert_close(importance.sensitivity_s, sensitivity)
+    torch.testing.assert_close(importance.uncertainty_s, uncertainty)
+    assert float(uncertainty.min()) > 0  # the gradients differed, so the uncertainty is not zero

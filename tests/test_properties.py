@@ -72,12 +72,17 @@ def test_schedule_is_monotone_and_hits_its_end_points(total, tinit, tfinal, delt
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 12), st.data())
-def test_masking_and_unmasking_leaves_values_unchanged(out_features, in_features, data):
+def test_a_mask_takes_effect_and_unmasking_restores_the_values(out_features, in_features, data):
     layer = RankDynaLayer(nn.Linear(in_features, out_features), "default")
     before = [p.detach().clone() for p in layer.factor_parameters()]
+    U, s, Vt = before
+    x = torch.randn(4, in_features)
     rank = layer.initial_rank
     for _ in range(3):
         mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=rank, max_size=rank)))
         layer.set_mask(mask)
+        assert torch.equal(layer.mask, mask) and layer.rank == int(mask.sum())
+        expected = x @ ((U * (s * mask)) @ Vt).T + layer.base_layer.bias
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
     layer.set_mask(torch.ones(rank, dtype=torch.bool))
     assert all(torch.equal(a, b) for a, b in zip(before, layer.factor_parameters()))

@@ -4,9 +4,9 @@ import sys
 import textwrap
 
 import torch
-from conftest import tiny_batch, tiny_model
+from conftest import custom_loop, tiny_batch, tiny_model
 from peft import get_peft_model
-from test_training import _custom_loop
+
 
 from peft_rankdyna import RankDynaConfig
 
@@ -17,7 +17,7 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     config = RankDynaConfig(target_budget=0.3, tinit=2, tfinal=2, deltaT=2, total_step=10, task_type="SEQ_CLS")
     model = get_peft_model(base, config)
     model.print_trainable_parameters()
-    _custom_loop(model, 10)
+    custom_loop(model, 10)
     model.eval()
     batch = tiny_batch()
     with torch.no_grad():

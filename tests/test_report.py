@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_compact import _trained
+from conftest import tiny_model, trained_model, word_tokenizer, wrapped_model
+
 
 from peft_rankdyna.cli import main
 from peft_rankdyna.report import matrix_table, model_report
@@ -19,22 +19,37 @@ def test_dense_model_report():
     assert report["flops_ratio"] == 1.0
 
 
-def test_training_and_compact_reports_agree_on_ranks():
-    model = _trained()
-    during = model_report(model)
-    assert during["target_params"] == model.base_model.kept_params()
-    ranks = model.base_model.ranks()
+def _hand_ranked_model():
+    """Tiny BERT (hidden 32, FFN 48, 2 layers) with ranks set by hand: attention 4, FFN in 4, FFN out 40."""
+    model = wrapped_model(total_step=20, target_budget=0.5)
+    for name, layer in model.base_model.rankdyna_layers().items():
+        rank = 40 if name.endswith("output.dense") and "attention" not in name else 4
+        layer.set_mask(torch.arange(layer.initial_rank) < min(rank, layer.initial_rank))
+    return model.eval()
+
+
+# By hand, per layer: Q, K, V, attention out 32×32 at rank 4 → 4·(32+32) = 256 each; FFN in (48 out, 32 in) at
+# rank 4 → 4·80 = 320; FFN out (32 out, 48 in) keeps all 32 groups (40 asked, past break-even ⌈1536/80⌉ = 20)
+# → stored dense, 1536. Two layers: 2·(4·256 + 320 + 1536) = 5760 of 2·(4·1024 + 2·1536) = 14336.
+HAND_TARGET, HAND_DENSE = 5760, 14336
+
+
+def test_training_and_compact_reports_match_a_hand_count():
+    model = _hand_ranked_model()
+    during = model_report(model, seq_len=16)
+    assert during["target_params"] == HAND_TARGET and during["target_params_dense"] == HAND_DENSE
     compact = model.merge_and_unload()
-    after = model_report(compact)
-    assert {row["name"]: row["rank"] for row in after["matrices"]} == ranks
+    after = model_report(compact, seq_len=16)
+    assert after["target_params"] == HAND_TARGET
     assert after["model_params"] == sum(p.numel() for p in compact.parameters())
-    factored_weights = sum(m.weight.numel() for n in ranks for m in compact.get_submodule(n).modules()
-                           if isinstance(m, torch.nn.Linear))
-    assert after["target_params"] == factored_weights <= during["target_params"]
-    attention = after["attention_flops_per_token"]
-    expected_ratio = (2 * after["target_params"] + attention) / (2 * after["target_params_dense"] + attention)
-    assert after["flops_ratio"] == pytest.approx(expected_ratio) and after["flops_ratio"] < 1
-    assert after["linear_flops_per_token"] == 2 * after["target_params"]
+    attention = 4 * 32 * 2 * 16  # 4 · hidden · layers · seq_len
+    assert after["attention_flops_per_token"] == attention
+    assert after["linear_flops_per_token"] == 2 * HAND_TARGET == 11520
+    assert after["flops_ratio"] == (11520 + attention) / (2 * HAND_DENSE + attention) == 15616 / 32768
+    forms = {row["name"].split("layer.0.")[-1]: row["form"] for row in after["matrices"] if "layer.0." in row["name"]}
+    assert forms == {"attention.self.query": "factored", "attention.self.key": "factored",
+                     "attention.self.value": "factored", "attention.output.dense": "factored",
+                     "intermediate.dense": "factored", "output.dense": "dense"}
 
 
 def test_rows_are_in_layer_then_kind_order():
@@ -44,7 +59,7 @@ def test_rows_are_in_layer_then_kind_order():
 
 
 def test_report_cli_prints_and_writes_json(tmp_path, capsys):
-    _trained().merge_and_unload().save_pretrained(tmp_path / "c")
+    trained_model().merge_and_unload().save_pretrained(tmp_path / "c")
     assert main(["report", str(tmp_path / "c"), "--json", str(tmp_path / "r.json"), "--seq-len", "64"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -61,7 +76,7 @@ def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     from peft_rankdyna.plots import plot_history, plot_rank_heatmap
 
-    rows = matrix_table(_trained().merge_and_unload())
+    rows = matrix_table(trained_model().merge_and_unload())
     history = [{"step": s, "budget": 1000 - 50 * s, "kept_params": 990 - 50 * s,
                 "ranks": {r.name: max(r.rank, 10 - s) for r in rows}} for s in range(5)]
     for path in (plot_rank_heatmap(rows, str(tmp_path / "h.png")), plot_history(history, 1000, str(tmp_path / "b.png"))):
@@ -69,9 +84,8 @@ def test_plots_are_written(tmp_path):
 
 
 def test_evaluate_cli_scores_a_compact_folder(tmp_path, capsys, glue_dir):
-    from test_compact import _tokenizer
 
-    _trained().merge_and_unload().save_pretrained(tmp_path / "c", tokenizer=_tokenizer(tmp_path))
+    trained_model().merge_and_unload().save_pretrained(tmp_path / "c", tokenizer=word_tokenizer(tmp_path))
     assert main(["evaluate", str(tmp_path / "c"), "--task", "mrpc", "--glue-dir", glue_dir, "--max-seq-length", "64"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("accuracy 0.") and "f1 " in printed

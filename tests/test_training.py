@@ -3,52 +3,17 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_model
-from peft import get_peft_model
+from conftest import RandomTask, custom_loop, tiny_batch, wrapped_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from peft_rankdyna import RankDynaCallback, RankDynaConfig
-
-
-class RandomTask(torch.utils.data.Dataset):
-    """Tiny learnable task: label = whether token 5 appears in the first half."""
-
-    def __init__(self, size=64, length=12, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.input_ids = torch.randint(5, 99, (size, length), generator=generator)
-        self.labels = (self.input_ids[:, : length // 2] < 30).any(dim=1).long()
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones_like(self.input_ids[i]),
-                "labels": self.labels[i]}
-
-
-def _wrapped(**config):
-    defaults = dict(target_budget=0.3, tinit=4, tfinal=4, deltaT=2, task_type="SEQ_CLS")
-    return get_peft_model(tiny_model(), RankDynaConfig(**{**defaults, **config}))
-
-
-def _custom_loop(model, steps, seed=0, start=0):
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    data = RandomTask()
-    model.train()
-    for step in range(start, steps):
-        batch = data[[(step * 8 + i) % len(data) for i in range(8)]]
-        model(**batch).loss.backward()
-        optimizer.step()
-        model.base_model.update_and_allocate(step)
-        optimizer.zero_grad()
+from peft_rankdyna import RankDynaCallback
 
 
 def test_custom_loop_prunes_to_the_target_budget():
-    model = _wrapped(total_step=20)
+    model = wrapped_model(total_step=20)
     rankdyna = model.base_model
     assert rankdyna.kept_params() == rankdyna.dense_params()
-    _custom_loop(model, 20)
+    custom_loop(model, 20)
     assert rankdyna.kept_params() <= rankdyna.target_params()
     assert rankdyna.kept_params() > 0.9 * rankdyna.target_params()
     ranks = rankdyna.ranks()
@@ -56,13 +21,13 @@ def test_custom_loop_prunes_to_the_target_budget():
 
 
 def test_missing_total_steps_is_a_clear_error():
-    model = _wrapped()
+    model = wrapped_model()
     with pytest.raises(ValueError, match="total number of optimizer steps"):
         model.base_model.update_and_allocate(0)
 
 
 def test_forgetting_the_allocator_warns_once():
-    model = _wrapped(total_step=20).train()
+    model = wrapped_model(total_step=20).train()
     batch = {**tiny_batch(), "labels": torch.tensor([0, 1, 0, 1])}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -73,7 +38,7 @@ def test_forgetting_the_allocator_warns_once():
 
 
 def test_non_finite_gradients_are_skipped():
-    model = _wrapped(total_step=20).train()
+    model = wrapped_model(total_step=20).train()
     batch = {**tiny_batch(), "labels": torch.tensor([0, 1, 0, 1])}
     model(**batch).loss.backward()
     layer = next(iter(model.base_model.rankdyna_layers().values()))
@@ -82,6 +47,47 @@ def test_non_finite_gradients_are_skipped():
         model.base_model.update_and_allocate(0)
     assert all(torch.isfinite(b).all() for b in layer.rankdyna_importance["default"].buffers())
     assert float(layer.group_scores().abs().sum()) == 0.0
+
+
+def _loop_with_poisoned_step(model, steps, poisoned):
+    """:func:`custom_loop`, but the gradients of optimizer step ``poisoned`` are NaN (as after an overflow)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    data = RandomTask()
+    model.train()
+    budgets = []
+    for step in range(steps):
+        model(**data[[(step * 8 + i) % len(data) for i in range(8)]]).loss.backward()
+        if step == poisoned:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+        else:
+            optimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+        budgets.append(model.base_model.kept_params())
+    return budgets
+
+
+def test_a_non_finite_first_final_step_moves_the_target_refresh_to_the_next_finite_step():
+    model = wrapped_model(total_step=20, deltaT=6)  # refreshes at 4, 10, then the target at 16
+    rankdyna = model.base_model
+    final_start = rankdyna.rankdyna_config.schedule().final_start
+    kept = _loop_with_poisoned_step(model, 20, poisoned=final_start)
+    target = rankdyna.target_params()
+    assert kept[final_start - 1] > target and kept[final_start] > target  # the refresh did not run at the NaN step
+    assert kept[final_start + 1] <= target and rankdyna.last_budget == target  # it ran at the next one
+    assert kept[-1] == kept[final_start + 1]  # and the mask stays frozen after it
+
+
+def test_a_run_whose_target_refresh_never_ran_cannot_be_merged():
+    model = wrapped_model(total_step=20, tfinal=0, deltaT=8)  # refreshes at 4, 12, then the target at 19, the last
+    kept = _loop_with_poisoned_step(model, 20, poisoned=19)
+    assert kept[-1] > model.base_model.target_params()
+    with pytest.raises(ValueError, match="over the target budget"):
+        model.merge_and_unload()
 
 
 class RecordLogs(TrainerCallback):
@@ -114,7 +120,7 @@ def _trainer(model, output_dir, max_steps=16, callbacks=(), **args):
 
 def test_trainer_callback_prunes_logs_and_writes_history(tmp_path):
     recorder = RecordLogs()
-    model = _wrapped()
+    model = wrapped_model()
     trainer = _trainer(model, str(tmp_path), callbacks=[recorder])
     trainer.train()
     rankdyna = model.base_model
@@ -129,7 +135,7 @@ def test_trainer_callback_prunes_logs_and_writes_history(tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
-    model = _wrapped()
+    model = wrapped_model()
     calls = []
     original = model.base_model.update_and_allocate
     model.base_model.update_and_allocate = lambda step: calls.append(step) or original(step)
@@ -139,7 +145,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
 
 def test_total_step_conflicting_with_trainer_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="total_step=50"):
-        _trainer(_wrapped(total_step=50), str(tmp_path)).train()
+        _trainer(wrapped_model(total_step=50), str(tmp_path)).train()
 
 
 def _masks(model):
@@ -147,14 +153,14 @@ def _masks(model):
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_masks(tmp_path):
-    uninterrupted = _wrapped()
+    uninterrupted = wrapped_model()
     _trainer(uninterrupted, str(tmp_path / "a")).train()
 
-    interrupted = _wrapped()
+    interrupted = wrapped_model()
     _trainer(interrupted, str(tmp_path / "b"), callbacks=[StopAt(9)]).train()  # "crash" after the step-6 checkpoint
     checkpoint = tmp_path / "b" / "checkpoint-6"
     assert checkpoint.is_dir()
-    resumed = _wrapped()  # a fresh process would rebuild the model like this
+    resumed = wrapped_model()  # a fresh process would rebuild the model like this
     _trainer(resumed, str(tmp_path / "b")).train(resume_from_checkpoint=str(checkpoint))
 
     expected, actual = _masks(uninterrupted), _masks(resumed)
@@ -179,7 +185,7 @@ class PoisonFrom(TrainerCallback):
 
 
 def test_persistent_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
-    model = _wrapped()
+    model = wrapped_model()
     trainer = _trainer(model, str(tmp_path), max_steps=30, callbacks=[PoisonFrom(7)])
     trainer.callback_handler.callbacks[0].max_nonfinite_steps = 5
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(RuntimeError, match=r"5 optimizer steps in a row, the last at step 11.*checkpoint-6"):
@@ -199,7 +205,16 @@ def test_sharded_training_is_refused_at_start():
     check_parallelism(SimpleNamespace(fsdp=[], deepspeed=None))
 
 
-def test_gradient_checkpointing_works(tmp_path):
-    model = _wrapped()
-    _trainer(model, str(tmp_path), max_steps=12, gradient_checkpointing=True).train()
-    assert model.base_model.kept_params() <= model.base_model.target_params()
+def test_gradient_checkpointing_computes_the_same_training(tmp_path):
+    runs = []
+    for checkpointing in (False, True):
+        model = wrapped_model()
+        trainer = _trainer(model, str(tmp_path / str(checkpointing)), max_steps=12, gradient_checkpointing=checkpointing)
+        trainer.train()
+        runs.append(([e["loss"] for e in trainer.state.log_history if "loss" in e], _masks(model), model))
+    (losses, masks, plain), (losses_ckpt, masks_ckpt, checkpointed) = runs
+    assert len(losses) == 3 and losses == pytest.approx(losses_ckpt, rel=1e-5)
+    assert all(torch.equal(masks[name], masks_ckpt[name]) for name in masks)
+    assert plain.base_model.kept_params() <= plain.base_model.target_params()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -58,7 +58,7 @@ def test_init_budget_starts_below_full_rank():
     rankdyna = model.base_model
     assert rankdyna.initial_params() <= rankdyna.dense_params()
     for layer in rankdyna.rankdyna_layers().values():
-        assert layer.initial_rank * (layer.in_features + layer.out_features + 1) <= layer.in_features * layer.out_features
+        assert layer.initial_rank * (layer.in_features + layer.out_features) <= layer.in_features * layer.out_features
 
 
 def test_masked_group_contributes_nothing_and_keeps_values():
@@ -127,6 +127,15 @@ def test_adapter_cannot_be_disabled():
             pass
 
 
+def test_orthogonality_penalty_matches_a_hand_computation():
+    layer = RankDynaLayer(nn.Linear(2, 3), "default")
+    U, _, Vt = layer.factor_parameters()
+    with torch.no_grad():
+        U.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))  # UᵀU − I = [[0, 1], [1, 1]]: 3
+        Vt.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # VᵀV − I = [[0, 0], [0, 3]]: 9
+    assert float(layer.orthogonality_penalty().detach()) == 12.0
+
+
 def test_orthogonality_regulariser_is_added_to_the_loss():
     batch = {**tiny_batch(), "labels": torch.tensor([0, 1, 0, 1])}
     plain = _wrap().train()
@@ -143,3 +152,48 @@ def test_orthogonality_regulariser_is_added_to_the_loss():
     penalty = regularised.base_model.orthogonality_penalty()
     assert penalty > 0
     torch.testing.assert_close(loss_reg, loss_plain + 10.0 * penalty)
+
+
+@pytest.mark.parametrize("step_scale", ["matched", 0.25, 1.0])
+def test_an_adam_step_moves_the_factors_by_the_step_scale(step_scale):
+    from peft_rankdyna.layer import matched_step_scale
+
+    linear = nn.Linear(24, 16)
+    expected_scale = matched_step_scale(linear.weight) if step_scale == "matched" else step_scale
+    layer = RankDynaLayer(linear, "default", step_scale=step_scale)
+    U_before = layer.factors()[0].detach().clone()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.randn(8, 24)).pow(2).sum().backward()
+    optimizer.step()  # Adam's first step moves every element with a gradient by lr exactly (m/√v = ±1)
+    moved = (layer.factors()[0].detach() - U_before).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, 1e-3 * expected_scale), rtol=1e-3, atol=1e-8)
+
+
+def test_the_step_scale_changes_the_steps_not_the_function():
+    linear = nn.Linear(24, 16)
+    x = torch.randn(5, 24)
+    expected = linear(x)
+    for step_scale in ("matched", 0.1, 1.0):
+        layer = RankDynaLayer(nn.Linear(24, 16), "default", step_scale=step_scale)
+        layer.load_state_dict({"base_layer.bias": linear.bias.detach()}, strict=False)
+        with torch.no_grad():
+            U, s, Vt = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
+            scale = float(layer.rankdyna_step_scale["default"])
+            for param, value in zip(layer.factor_parameters(), (U / scale, s, Vt / scale)):
+                param.copy_(value)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.dense_weight(), linear.weight.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_matched_step_scale_is_the_ratio_of_dense_to_factored_adam_steps():
+    from peft_rankdyna.layer import matched_step_scale
+
+    weight = torch.full((384, 1536), 0.5)  # ‖W‖_F = 0.5·√(384·1536)
+    assert matched_step_scale(weight) == pytest.approx((384 * 1536) ** 0.5 / (0.5 * (384 * 1536) ** 0.5 * 1920 ** 0.5))
+    assert matched_step_scale(torch.zeros(3, 4)) == 1.0
+
+
+@pytest.mark.parametrize("bad", ["auto", 0, -1.0, True])
+def test_a_bad_step_scale_is_refused(bad):
+    with pytest.raises(ValueError, match="factor_step_scale"):
+        RankDynaConfig(factor_step_scale=bad)

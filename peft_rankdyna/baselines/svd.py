@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..budget import matrix_cost
-from ..compact import make_compact, truncate
+from ..budget import check_budget, matrix_cost
+from ..compact import is_transformers_model, make_compact, truncate
 from ..layer import svd_factors
 from ..targets import default_target_names
 
@@ -17,7 +17,7 @@ from ..targets import default_target_names
 def uniform_rank(shapes: Mapping[str, tuple[int, int]], budget: int) -> int:
     """The largest rank r such that all matrices truncated to r (at most their full rank) fit in ``budget``.
 
-    Counted like RankDyna's budget: out+in+1 parameters a group, a matrix capped at its dense size.
+    Counted like RankDyna's budget (:func:`peft_rankdyna.budget.matrix_cost`).
     """
     full = max(min(shape) for shape in shapes.values())
     best = 0
@@ -38,19 +38,20 @@ def factor_model(
     """Replace every target Linear by its rank-r truncation, r uniform and chosen to meet ``budget``.
 
     Args:
-        model: a (task-fine-tuned) transformers model; modified in place and returned as compact.
+        model: a (task-fine-tuned) model, modified in place: a transformers model is returned as compact,
+            any other ``nn.Module`` with its targets truncated.
         budget: fraction (0, 1] of the target matrices' parameters to keep.
         target_modules: module names to factor (default: the model type's default targets).
         row_importance: per module name, one non-negative weight per output row. Given, the SVD is
             taken of diag(√I)·W and un-weighted after (FWSVD); absent, plain SVD.
     """
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"`budget` must be in (0, 1], got {budget}.")
+    check_budget(budget, "budget")
     names = target_modules or default_target_names(model)
     if not names:
         raise ValueError(f"No target modules found in {type(model).__name__}; pass `target_modules`.")
     shapes = {name: (model.get_submodule(name).out_features, model.get_submodule(name).in_features) for name in names}
-    rank = uniform_rank(shapes, int(budget * sum(o * i for o, i in shapes.values())))
+    target = int(budget * sum(o * i for o, i in shapes.values()))
+    rank = uniform_rank(shapes, target)
     ranks = {}
     for name in names:
         linear = model.get_submodule(name)
@@ -67,4 +68,4 @@ def factor_model(
         module = truncate(U, s, Vt, keep, linear.bias).to(linear.weight.dtype)
         setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
         ranks[name] = min(rank, held)
-    return make_compact(model, ranks)
+    return make_compact(model, ranks, target) if is_transformers_model(model) else model
