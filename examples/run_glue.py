@@ -1,6 +1,7 @@
 """Compress a pre-trained encoder on a GLUE task with RankDyna, using the PEFT API directly.
 
     GLUE_DIR=../shared/data/glue python examples/run_glue.py --model PATH --task mrpc --budget 0.5 --output out/mrpc
+    python examples/run_glue.py --model PATH --train-file train.csv --validation-file dev.csv --output out/mine
 
 Every GLUE task works: classification (MRPC, SST-2, CoLA, RTE, QNLI, MNLI, QQP) and STS-B
 regression. The same job, with progress bars and a summary, is ``rankdyna compress``; this
@@ -18,6 +19,7 @@ from peft import get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from peft_rankdyna import RankDynaCallback, RankDynaConfig
+from peft_rankdyna.data.files import load_files
 from peft_rankdyna.data.glue import GlueDataset, compute_metrics, get_task, load_glue
 from peft_rankdyna.loading import load_tokenizer
 from peft_rankdyna.pipeline import load_model
@@ -26,7 +28,11 @@ from peft_rankdyna.pipeline import load_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="local pre-trained model folder")
-    parser.add_argument("--task", required=True, help="GLUE task name, e.g. mrpc or stsb")
+    parser.add_argument("--task", default=None, help="GLUE task name, e.g. mrpc or stsb")
+    parser.add_argument("--train-file", default=None, help="your own training data (.csv, .tsv, .jsonl) instead")
+    parser.add_argument("--validation-file", default=None, help="your own validation data")
+    parser.add_argument("--text-columns", nargs="+", default=None, help="one or two text columns (default: inferred)")
+    parser.add_argument("--label-column", default=None, help="label column (default: label)")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of target-matrix parameters to keep")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--epochs", type=float, default=3.0)
@@ -37,10 +43,15 @@ def main() -> None:
     args = parser.parse_args()
     set_seed(args.seed)
 
-    task = get_task(args.task)
+    if args.train_file:  # your own files: columns and labels checked before anything is loaded
+        train_split, dev_split, task = load_files(args.train_file, args.validation_file, args.text_columns,
+                                                  args.label_column)
+    else:
+        task = get_task(args.task)
+        train_split, dev_split = load_glue(task, "train"), load_glue(task, "dev")
     tokenizer = load_tokenizer(args.model)
-    train = GlueDataset(tokenizer, load_glue(task, "train"), max_length=128, limit=args.max_train_samples)
-    dev = GlueDataset(tokenizer, load_glue(task, "dev"), max_length=128)
+    train = GlueDataset(tokenizer, train_split, max_length=128, limit=args.max_train_samples)
+    dev = GlueDataset(tokenizer, dev_split, max_length=128)
 
     # 1. Rewrite the target Linears as SVD factors of their pre-trained weights.
     model = get_peft_model(load_model(args.model, task), RankDynaConfig(target_budget=args.budget, task_type="SEQ_CLS"))

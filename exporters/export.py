@@ -20,6 +20,7 @@ import torch
 
 from peft_rankdyna.compact import AutoCompactModel
 from peft_rankdyna.io import atomic_write_dir
+from peft_rankdyna.pooling import Pooling, copy_pooling_files, read_pooling
 from peft_rankdyna.report import flop_counts
 from peft_rankdyna.registry import ONNX_VALIDATION_ATOL as VALIDATION_ATOL
 
@@ -30,37 +31,49 @@ require_onnx_extras()  # one clear error before the imports below need optimum
 from . import fp16 as half  # noqa: E402
 from .fusion import MHA_OP, fuse_attention  # noqa: E402
 from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME  # noqa: E402
+from .pooling import PooledReference, add_pooling  # noqa: E402
 from .runtime import CPU, create_session  # noqa: E402
 from .validation import ExportValidationError, max_positions, tokenised_inputs, validate  # noqa: E402
 
 logger = logging.getLogger("rankdyna_exporters")
 
 
-
 def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str] = None, tokenizer: Any = None,
            fp16: bool = False, fp16_examples: Optional[Iterable[tuple[str, str]]] = None,
-           opset: Optional[int] = None) -> dict[str, Any]:
+           opset: Optional[int] = None, pooling: Optional[Pooling] = None) -> dict[str, Any]:
     """Export a compact folder (or model) to ``output``; returns the export report.
 
     ``task`` defaults to the one Optimum infers from the model class. ``fp16_examples`` are the text
-    pairs the fp16 graph is checked on (default: the built-in validation pairs).
+    pairs the fp16 graph is checked on (default: the built-in validation pairs). For
+    ``feature-extraction``, ``pooling`` (by default the one a sentence-transformers folder declares,
+    see :func:`peft_rankdyna.pooling.read_pooling`) is appended to every graph as the output
+    ``sentence_embedding`` and validated against the PyTorch encoder and pooling.
     """
     from optimum.exporters.tasks import TasksManager
 
     model, tokenizer = _load(source, tokenizer)
     task = task or TasksManager.infer_task_from_model(model)
-    report: dict[str, Any] = {"task": task, "atol": VALIDATION_ATOL, "flops": flop_counts(model), "variants": {}}
+    if pooling is None and task == "feature-extraction" and isinstance(source, (str, os.PathLike)) and (
+            os.path.isfile(os.path.join(source, "modules.json"))):
+        pooling = read_pooling(os.fspath(source))
+    if pooling is not None and task != "feature-extraction":
+        raise ValueError(f"Pooling belongs to a feature-extraction export, not {task!r}.")
+    reference = model if pooling is None else PooledReference(model, pooling)
+    report: dict[str, Any] = {"task": task, "atol": VALIDATION_ATOL, "flops": flop_counts(model), "variants": {},
+                              "pooling": None if pooling is None else pooling.to_dict()}
 
     def write(folder: str) -> None:
         _export_with_optimum(model, folder, task, opset, tokenizer)
-        _keep(folder, PORTABLE, model, tokenizer, report)
+        _pool(os.path.join(folder, FILE_NAMES[PORTABLE]), pooling, source, folder)
+        _keep(folder, PORTABLE, reference, tokenizer, report)
         fused, layers = fuse_attention(model)
         with tempfile.TemporaryDirectory() as scratch:
             _export_with_optimum(fused, scratch, task, opset)
             shutil.move(os.path.join(scratch, "model.onnx"), os.path.join(folder, FILE_NAMES[FUSED]))
-        _keep(folder, FUSED, model, tokenizer, report, expected_attention=layers)
+        _pool(os.path.join(folder, FILE_NAMES[FUSED]), pooling)
+        _keep(folder, FUSED, reference, tokenizer, report, expected_attention=layers)
         _onnxruntime_fusions(os.path.join(folder, FILE_NAMES[FUSED]), os.path.join(folder, FILE_NAMES[FUSED_ORT]))
-        _keep(folder, FUSED_ORT, model, tokenizer, report, expected_attention=layers)
+        _keep(folder, FUSED_ORT, reference, tokenizer, report, expected_attention=layers)
         if fp16:
             _keep_fp16(folder, tokenizer, fp16_examples, report, min(128, max_positions(model.config)))
         with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as handle:
@@ -68,6 +81,15 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
 
     atomic_write_dir(os.fspath(output), write)
     return report
+
+
+def _pool(path: str, pooling: Optional[Pooling], source: Any = None, folder: Optional[str] = None) -> None:
+    """Append the pooling to a written graph; with ``source`` and ``folder``, also copy the pooling description."""
+    if pooling is None:
+        return
+    add_pooling(path, pooling)
+    if folder is not None and isinstance(source, (str, os.PathLike)):
+        copy_pooling_files(os.fspath(source), folder)
 
 
 def _load(source: Union[str, torch.nn.Module], tokenizer: Any) -> tuple[torch.nn.Module, Any]:

@@ -28,12 +28,27 @@ def _step_scale(text: str) -> str | float:
 def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compress",
-        help="fine-tune and compress a model on a GLUE task in one round",
-        description="Fine-tune a pre-trained encoder on a GLUE task while RankDyna prunes its target matrices "
+        help="fine-tune and compress a model on a GLUE task or your own files in one round",
+        description="Fine-tune a pre-trained encoder on a GLUE task (or your own CSV/TSV/JSON-lines files) while RankDyna prunes its target matrices "
         "to a parameter budget; prints the dev metrics, parameter counts and wall time.",
     )
     parser.add_argument("--model", required=True, help="local folder of a pre-trained model (save_pretrained layout)")
-    parser.add_argument("--task", required=True, help="GLUE task: mrpc, sst2, cola, stsb, rte, qnli, mnli, qqp")
+    parser.add_argument("--task", default=None, help="GLUE task: mrpc, sst2, cola, stsb, rte, qnli, mnli, qqp "
+                        "(or give your own --train-file and --validation-file)")
+    parser.add_argument("--train-file", default=None, help="your own training data: .csv, .tsv or .jsonl")
+    parser.add_argument("--validation-file", default=None, help="your own validation data, same columns")
+    parser.add_argument("--text-columns", nargs="+", default=None, metavar="COLUMN",
+                        help="one or two text columns (default: sentence1/sentence2, sentence, text, or the only "
+                        "other columns, as transformers' run_glue.py infers them)")
+    parser.add_argument("--objective", choices=["classification", "embedding-distillation"], default="classification",
+                        help="classification (a labelled task, the default) or embedding-distillation: compress a "
+                        "sentence-embedding model on unlabelled --texts, the dense model as the teacher")
+    parser.add_argument("--texts", default=None, help="embedding-distillation: a .txt file (one text per line) or "
+                        "a .csv/.tsv/.jsonl file (its text column, see --text-columns)")
+    parser.add_argument("--validation-texts", default=None, help="embedding-distillation: texts to check the "
+                        "student on (default: 5%% of --texts, held out)")
+    parser.add_argument("--label-column", default=None, help="label column (default: label); labels written as "
+                        "floats (3.5) mean regression, any others are classes")
     parser.add_argument("--output", required=True, help="folder for results.json, the adapter and the history")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=float, default=0.5,
@@ -96,12 +111,24 @@ def _run_compress(args: argparse.Namespace) -> None:
         max_eval_samples=args.max_eval_samples,
         glue_dir=args.glue_dir,
         finetuned_model=args.finetuned_model,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        text_columns=args.text_columns,
+        label_column=args.label_column,
+        objective=args.objective,
+        texts=args.texts,
+        validation_texts=args.validation_texts,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
         show_progress=not args.no_progress,
     )
-    print(format_results(compress(settings)))
+    if settings.objective == "embedding-distillation":
+        from .distill import distill
+
+        print(format_results(distill(settings)))
+    else:
+        print(format_results(compress(settings)))
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:

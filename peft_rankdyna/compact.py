@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
@@ -113,10 +114,13 @@ class CompactModelMixin:
         """Kept rank of every target matrix, by module name."""
         return dict(self.config.rankdyna["ranks"])
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], tokenizer: Any = None, **_: Any) -> None:
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], tokenizer: Any = None,
+                        extra_files: Optional[Callable[[str], None]] = None, **_: Any) -> None:
         """Write weights (safetensors), config and, if given, the tokenizer, atomically into ``save_directory``.
 
-        A model over the budget recorded at merge time is refused before anything is written."""
+        ``extra_files(folder)`` writes further files into the folder before it is renamed into place (the
+        pooling description of a sentence-embedding model, say). A model over the budget recorded at
+        merge time is refused before anything is written."""
         check_within_budget(self)
         config = self.config.to_dict()
         config["rankdyna"] = {**config["rankdyna"], "base_model_type": config["model_type"]}
@@ -130,6 +134,8 @@ class CompactModelMixin:
                 json.dump(config, handle, indent=2, sort_keys=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(folder)
+            if extra_files is not None:
+                extra_files(folder)
 
         atomic_write_dir(os.fspath(save_directory), write)
 

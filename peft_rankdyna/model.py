@@ -273,8 +273,6 @@ def _base_model_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def find_rankdyna_model(model: nn.Module) -> Optional[RankDynaModel]:
-    """The :class:`RankDynaModel` inside a ``PeftModel`` (or the model itself); None for any other model."""
-    for candidate in (model, getattr(model, "base_model", None)):
-        if isinstance(candidate, RankDynaModel):
-            return candidate
-    return None
+    """The :class:`RankDynaModel` in ``model``: the model itself, the one in a ``PeftModel``, or the one in any
+    module wrapping such a model (a sentence encoder, say); None when there is none."""
+    return next((module for module in model.modules() if isinstance(module, RankDynaModel)), None)

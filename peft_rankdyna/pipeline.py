@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,12 +28,16 @@ from .budget import check_budget, matrix_cost
 from .collapse import check_collapse
 from .compact import WEIGHTS_NAME
 from .config import RankDynaConfig
-from .data.glue import GlueDataset, GlueTask, compute_metrics, get_task, load_glue
+from .data.files import label_maps, load_files
+from .data.glue import GlueDataset, GlueSplit, GlueTask, compute_metrics, get_task, load_glue
 from .io import atomic_write_dir, atomic_write_text
 from .loading import load_tokenizer, require_model_folder
 from .plots import plot_history, plot_rank_heatmap
 from .report import matrix_table, model_parameters, model_report
 from .targets import default_target_names
+
+
+OBJECTIVES = ("classification", "embedding-distillation")
 
 
 @dataclass
@@ -44,10 +49,15 @@ class CompressSettings:
     two-round baselines ``"svd"`` and ``"fwsvd"``; ``rankdyna`` holds RankDynaConfig fields.
     ``finetuned_model`` lets a two-round baseline skip its first round by starting from a model
     already fine-tuned on the task under the same settings (the ``finetuned/`` folder of a dense run).
+    ``train_file`` and ``validation_file`` (with ``text_columns`` and ``label_column``, inferred when
+    not given) replace the GLUE task by your own data; ``task`` is then ignored.
+    ``objective="embedding-distillation"`` compresses a sentence-embedding model on unlabelled
+    ``texts`` instead (:func:`peft_rankdyna.distill.distill`), checked on ``validation_texts`` or on
+    texts held out of ``texts``.
     """
 
     model: str
-    task: str
+    task: Optional[str]
     output_dir: str
     budget: Optional[float] = 0.5
     epochs: float = 3.0
@@ -63,18 +73,42 @@ class CompressSettings:
     rankdyna: dict[str, Any] = field(default_factory=dict)
     show_progress: bool = True
     finetuned_model: Optional[str] = None
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    text_columns: Optional[list[str]] = None
+    label_column: Optional[str] = None
+    objective: str = "classification"
+    texts: Optional[str] = None
+    validation_texts: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
         self.model, self.output_dir = os.fspath(self.model), os.fspath(self.output_dir)
         self.glue_dir = None if self.glue_dir is None else os.fspath(self.glue_dir)
         self.finetuned_model = None if self.finetuned_model is None else os.fspath(self.finetuned_model)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+        if self.objective == "embedding-distillation":
+            if not self.texts:
+                raise ValueError("Embedding distillation learns from unlabelled text: give --texts FILE.")
+            return
+        if (self.train_file is None) != (self.validation_file is None):
+            raise ValueError("Give both --train-file and --validation-file (your own data), or neither (a GLUE task).")
+        if self.train_file is None and not self.task:
+            raise ValueError("Name a GLUE task (--task), or give your own --train-file and --validation-file.")
+
+    def splits(self) -> tuple[GlueSplit, GlueSplit, GlueTask]:
+        """The training and dev splits and the task: your own files, or the GLUE task's."""
+        if self.train_file is not None:
+            return load_files(self.train_file, self.validation_file, self.text_columns, self.label_column)
+        task = get_task(self.task)
+        return load_glue(task, "train", self.glue_dir), load_glue(task, "dev", self.glue_dir), task
 
 
 def load_model(path: str, task: GlueTask) -> torch.nn.Module:
     """A sequence-classification model from a local folder, with the task's head."""
     require_model_folder(path)
-    kwargs: dict[str, Any] = {"num_labels": task.num_labels}
+    kwargs: dict[str, Any] = {"num_labels": task.num_labels, **label_maps(task)}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     try:
@@ -103,7 +137,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     """
     start = time.perf_counter()
     set_seed(settings.seed)
-    task = get_task(settings.task)
+    train_split, dev_split, task = settings.splits()  # bad files fail here, before any model is loaded
     if settings.method not in METHODS:
         raise ValueError(f"Unknown method {settings.method!r}; choose one of {', '.join(METHODS)}.")
     config = None
@@ -115,17 +149,15 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
         raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
                          "use it with method 'svd' or 'fwsvd' and a budget.")
     tokenizer = load_tokenizer(settings.model)
-    train = GlueDataset(tokenizer, load_glue(task, "train", settings.glue_dir), settings.max_seq_length,
-                        settings.max_train_samples)
-    dev = GlueDataset(tokenizer, load_glue(task, "dev", settings.glue_dir), settings.max_seq_length,
-                      settings.max_eval_samples)
+    train = GlueDataset(tokenizer, train_split, settings.max_seq_length, settings.max_train_samples)
+    dev = GlueDataset(tokenizer, dev_split, settings.max_seq_length, settings.max_eval_samples)
     model = load_model(settings.finetuned_model or settings.model, task)
     results: dict[str, Any] = {"settings": asdict(settings), "device": training_device(),
                                "model_params_before": model_parameters(model)}
 
     def fit(model: torch.nn.Module, trainer_cls: type = Trainer, train_it: bool = True) -> Trainer:
         trainer = trainer_cls(
-            model=model, args=_training_arguments(settings), train_dataset=train, eval_dataset=dev,
+            model=model, args=training_arguments(settings), train_dataset=train, eval_dataset=dev,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=lambda output: compute_metrics(task, output.predictions, output.label_ids),
             callbacks=list(callbacks),
@@ -148,13 +180,13 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     results["model_params_after"] = results["model_params_before"]
     if settings.budget is None:
         score(fit(model))
-        results["finetuned_dir"] = _save_finetuned(model, tokenizer, settings)
+        results["finetuned_dir"] = save_finetuned(model, tokenizer, settings)
     elif config is not None:
         model = get_peft_model(model, config)
         trainer = fit(model, RankDynaTrainer)
         score(trainer)  # before merging: the merged model computes the same (tested)
-        compact, rounding = _save_rankdyna(model, trainer.rankdyna_callback, settings)
-        results.update(rounding, **_save_compact(compact, tokenizer, settings))
+        compact, rounding = save_rankdyna(model, trainer.rankdyna_callback, settings)
+        results.update(rounding, **save_compact(compact, tokenizer, settings))
     else:
         first_round = fit(model, train_it=settings.finetuned_model is None)
         importance = None
@@ -162,7 +194,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
             importance = fisher_row_importance(model, first_round.get_train_dataloader(), default_target_names(model))
         compact = factor_model(model, settings.budget, row_importance=importance)
         score(fit(compact))
-        results.update(_save_compact(compact, tokenizer, settings))
+        results.update(save_compact(compact, tokenizer, settings))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
     return results
@@ -187,7 +219,8 @@ def training_device() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def _training_arguments(settings: CompressSettings) -> TrainingArguments:
+def training_arguments(settings: CompressSettings) -> TrainingArguments:
+    """The Trainer's arguments for a job: the same for every method, so their comparison is fair."""
     return TrainingArguments(
         output_dir=settings.output_dir,
         num_train_epochs=settings.epochs,
@@ -207,7 +240,7 @@ def _training_arguments(settings: CompressSettings) -> TrainingArguments:
     )
 
 
-def _save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSettings) -> tuple[Any, dict]:
+def save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSettings) -> tuple[Any, dict]:
     """Save the adapter, the allocation history and its plot; return the merged compact model and,
     with ``rank_multiple``, the target parameters allocated before rounding."""
     output = settings.output_dir
@@ -225,7 +258,7 @@ def _save_rankdyna(model: Any, callback: RankDynaCallback, settings: CompressSet
     return model.merge_and_unload(), rounding
 
 
-def _save_finetuned(model: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> str:
+def save_finetuned(model: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> str:
     """Save the dense fine-tuned model with its tokenizer: round 1 that the two-round baselines can reuse."""
     finetuned_dir = os.path.join(settings.output_dir, FINETUNED_DIR)
 
@@ -237,10 +270,12 @@ def _save_finetuned(model: torch.nn.Module, tokenizer: Any, settings: CompressSe
     return finetuned_dir
 
 
-def _save_compact(compact: torch.nn.Module, tokenizer: Any, settings: CompressSettings) -> dict[str, Any]:
-    """Save the compact model, its report and rank heat map; return its accounting for the results."""
+def save_compact(compact: torch.nn.Module, tokenizer: Any, settings: CompressSettings,
+                 extra_files: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Save the compact model (with ``extra_files`` written into its folder), its report and rank heat map;
+    return its accounting for the results."""
     compact_dir = os.path.join(settings.output_dir, "compact")
-    compact.save_pretrained(compact_dir, tokenizer=tokenizer)
+    compact.save_pretrained(compact_dir, tokenizer=tokenizer, extra_files=extra_files)
     report = model_report(compact, settings.max_seq_length, os.path.join(compact_dir, WEIGHTS_NAME))
     atomic_write_text(os.path.join(settings.output_dir, "report.json"), json.dumps(report, indent=1))
     try:
@@ -263,7 +298,8 @@ def format_results(results: dict[str, Any]) -> str:
     names = {"rankdyna": "RankDyna", "svd": "SVD + fine-tuning", "fwsvd": "FWSVD + fine-tuning"}
     method = "dense fine-tuning" if settings["budget"] is None else (
         f"{names[settings.get('method', 'rankdyna')]}, budget {settings['budget']:g}")
-    lines = [f"{settings['task']} dev ({method}, {results['train_steps']} steps):"]
+    data = settings.get("validation_texts") or settings.get("texts") or settings.get("validation_file") or settings["task"]
+    lines = [f"{data} dev ({method}, {results['train_steps']} steps):"]
     lines += [f"  {name:<22}{value:.4f}" for name, value in results["metrics"].items()]
     if results.get("collapse", {}).get("collapsed"):
         lines.append(f"  WARNING: {results['collapse']['message']}. These numbers are not a result; see the "

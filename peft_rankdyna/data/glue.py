@@ -186,6 +186,7 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: Sequence) -
     available = {
         "accuracy": lambda: accuracy_score(labels, predicted),
         "f1": lambda: f1_score(labels, predicted),
+        "macro_f1": lambda: f1_score(labels, predicted, average="macro"),
         "matthews_correlation": lambda: matthews_corrcoef(labels, predicted),
     }
     return {name: float(available[name]()) for name in task.metric_names}

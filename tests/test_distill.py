@@ -1,0 +1,112 @@
+"""Embedding distillation: pooling as the model folder says, the student learns the teacher, the result is an
+embedding model with the teacher's pooling."""
+
+import json
+
+import pytest
+import torch
+
+from peft_rankdyna.cli import main
+from peft_rankdyna.compact import AutoCompactModel
+from peft_rankdyna.distill import embed, read_texts
+from peft_rankdyna.pooling import Pooling, pool, read_pooling
+
+TEXTS = [f"the {a} {b} was {c} today" for a in ("cat", "dog", "man", "film") for b in ("in", "on")
+         for c in ("good", "bad", "fine", "late", "here")]
+
+
+def _sentence_transformers_folder(folder, mode="cls", normalize=True):
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": mode == "cls",
+         "pooling_mode_mean_tokens": mode == "mean", "pooling_mode_max_tokens": mode == "max"}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
+def test_pooling_is_read_from_the_folder(tmp_path):
+    assert read_pooling(str(tmp_path)) == Pooling("mean", False)  # a plain transformers folder
+    _sentence_transformers_folder(tmp_path, "max", normalize=True)
+    assert read_pooling(str(tmp_path)) == Pooling("max", True)
+
+
+def test_pooling_leaves_padding_out():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(pool(hidden, mask, Pooling("mean")), torch.tensor([[2.0, 2.0]]))
+    torch.testing.assert_close(pool(hidden, mask, Pooling("max")), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(pool(hidden, mask, Pooling("cls", normalize=True)), torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(pool(hidden, mask, Pooling("mean", normalize=True)).norm(dim=-1), torch.tensor([1.0]))
+
+
+def test_texts_come_from_lines_or_a_column(tmp_path):
+    (tmp_path / "t.txt").write_text("first\n\nsecond\n")
+    assert read_texts(str(tmp_path / "t.txt")) == ["first", "second"]
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\nx y\t1\n\t0\n")
+    assert read_texts(str(tmp_path / "t.tsv")) == ["x y"]
+    with pytest.raises(ValueError, match="no text column 'body'"):
+        read_texts(str(tmp_path / "t.tsv"), "body")
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path):
+    """A tiny BERT encoder without dropout (the teacher's embeddings are computed without it) and a real vocabulary."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from conftest import TINY_CONFIGS, minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = TINY_CONFIGS["bert"]()
+    config.vocab_size, config.max_position_embeddings = tokenizer.vocab_size, 128
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "encoder")
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    return tmp_path / "encoder"
+
+
+@pytest.mark.parametrize("method, mode, normalize", [("rankdyna", "cls", True), ("svd", "mean", False)])
+def test_distillation_trains_the_student_towards_the_teacher(tmp_path, tiny_encoder, method, mode, normalize):
+    from transformers import AutoModel, AutoTokenizer
+
+    from peft_rankdyna.baselines import factor_model
+
+    _sentence_transformers_folder(tiny_encoder, mode, normalize)
+    pooling = Pooling(mode, normalize)
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS * 3))
+    (tmp_path / "held.txt").write_text("\n".join(t.replace("today", "now") for t in TEXTS[:20]))
+    out = tmp_path / method
+    assert main(["compress", "--model", str(tiny_encoder), "--objective", "embedding-distillation", "--texts",
+                 str(tmp_path / "texts.txt"), "--validation-texts", str(tmp_path / "held.txt"), "--method", method,
+                 "--budget", "0.25", "--output", str(out), "--max-steps", "16", "--lr", "1e-4", "--tinit", "3",
+                 "--tfinal", "3", "--delta-t", "2", "--max-seq-length", "16", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["pooling"] == {"mode": mode, "normalize": normalize} and results["validation_texts"] == 20
+    assert results["target_params_after"] <= 0.25 * results["target_params_before"]
+    compact_dir = out / "compact"
+    assert read_pooling(str(compact_dir)) == pooling  # the student is saved as an embedding model
+    tokenizer = AutoTokenizer.from_pretrained(compact_dir)
+    held = (tmp_path / "held.txt").read_text().splitlines()
+    teacher = embed(AutoModel.from_pretrained(tiny_encoder), tokenizer, held, pooling, 16)
+    student = embed(AutoCompactModel.from_pretrained(compact_dir), tokenizer, held, pooling, 16)
+    cosine = torch.nn.functional.cosine_similarity(student, teacher).mean().item()
+    assert cosine == pytest.approx(results["metrics"]["mean_cosine"], abs=1e-4)  # the merged model is the one scored
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    loaded = sentence_transformers.SentenceTransformer(str(compact_dir), device="cpu")  # after `import peft_rankdyna`
+    torch.testing.assert_close(loaded.encode(held, convert_to_tensor=True), student, atol=1e-5, rtol=1e-4)
+    if method == "svd":  # the same truncation before training: training moved it towards the teacher
+        untrained = embed(factor_model(AutoModel.from_pretrained(tiny_encoder), 0.25), tokenizer, held, pooling, 16)
+        assert (student - teacher).pow(2).sum(-1).mean() < 0.5 * (untrained - teacher).pow(2).sum(-1).mean()
+
+
+def test_distillation_needs_texts_and_a_budget(tmp_path, tiny_glue_model, capsys):
+    assert main(["compress", "--model", tiny_glue_model, "--objective", "embedding-distillation", "--output",
+                 str(tmp_path)]) == 2
+    assert "give --texts FILE" in capsys.readouterr().err
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    assert main(["compress", "--model", tiny_glue_model, "--objective", "embedding-distillation", "--texts",
+                 str(tmp_path / "t.txt"), "--dense", "--output", str(tmp_path / "o")]) == 2
+    assert "--method rankdyna or svd and a --budget" in capsys.readouterr().err

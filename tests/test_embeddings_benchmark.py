@@ -1,0 +1,30 @@
+"""benchmarks/embeddings.py: a smoke run on a tiny sentence-embedding model with real MRPC text."""
+
+import importlib.util
+import json
+import os
+import sys
+
+from conftest import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("embeddings_benchmark", os.path.join(REPO_ROOT, "benchmarks",
+                                                                                    "embeddings.py"))
+embeddings = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = embeddings
+spec.loader.exec_module(embeddings)
+
+
+def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_model, glue_dir):
+    out = str(tmp_path / "embeddings")
+    embeddings.main(["--model", tiny_glue_model, "--glue-dir", glue_dir, "--out", out, "--work-dir",
+                     str(tmp_path / "work"), "--epochs", "1", "--max-train-samples", "64", "--max-seq-length", "32"])
+    result = json.load(open(out + ".json", encoding="utf-8"))
+    methods = [(row["method"], row["budget"]) for row in result["rows"]]
+    assert methods == [("dense (teacher)", None), ("RankDyna", 0.5), ("RankDyna", 0.25), ("uniform SVD", 0.5),
+                       ("uniform SVD", 0.25)]
+    teacher = result["rows"][0]
+    assert abs(teacher["mean_cosine"] - 1.0) < 1e-5 and 0.0 <= teacher["mrpc_auc"] <= 1.0
+    for row in result["rows"][1:]:
+        assert row["target_params"] <= row["budget"] * teacher["target_params"] and row["train_texts"] == 64
+        assert row["command"].startswith("rankdyna compress --model $MODEL") and tiny_glue_model not in row["command"]
+    assert "| RankDyna | 0.25 |" in open(out + ".md", encoding="utf-8").read()
