@@ -19,8 +19,12 @@ import sys
 from peft_rankdyna.io import portable_command
 
 
-def profile(path: str, tokenizer_dir: str, batch_size: int, seq_len: int, runs: int, threads: int) -> dict[str, float]:
-    """Milliseconds per run of each op type's kernels (this process)."""
+def profile(path: str, tokenizer_dir: str, batch_size: int, seq_len: int, runs: int, threads: int,
+            provider: str = "CPUExecutionProvider") -> dict[str, float]:
+    """Milliseconds per run of each op type's kernels (this process).
+
+    On CUDA onnxruntime times each node's launch on the host (its kernels run asynchronously), so
+    the per-op times show where the launches go, not the device time; read them with that in mind."""
     import onnxruntime
     from transformers import AutoTokenizer
 
@@ -29,7 +33,8 @@ def profile(path: str, tokenizer_dir: str, batch_size: int, seq_len: int, runs: 
     options = onnxruntime.SessionOptions()
     options.enable_profiling, options.intra_op_num_threads = True, threads
     options.profile_file_prefix = os.path.join(os.path.dirname(os.path.abspath(path)), "ort_profile")
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, options, providers=[provider, "CPUExecutionProvider"]
+                                           if provider != "CPUExecutionProvider" else [provider])
     feeds = tokenised_inputs(AutoTokenizer.from_pretrained(tokenizer_dir), batch_size, seq_len,
                              [i.name for i in session.get_inputs()])
     warmup = 5

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from peft_rankdyna import RankDynaConfig, RankDynaLayer
 from peft_rankdyna.io import portable_command
@@ -55,12 +55,15 @@ def masked_product_factors(layer: RankDynaLayer) -> tuple[torch.Tensor, torch.Te
 
 def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                steps: int) -> float:
-    """Mean seconds per training step over ``steps`` steps."""
+    """Mean seconds per training step over ``steps`` steps (the device's queue drained before and after)."""
+    synchronize = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    synchronize()
     return (time.perf_counter() - start) / steps
 
 
@@ -70,12 +73,15 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     for kept in args.kept:
         variants += [(f"RankDyna, kept {kept:g}", kept, False), (f"RankDyna, kept {kept:g}, masked product", kept, True)]
     generator = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 20000, (args.batch_size, args.seq_len), generator=generator),
+    vocab = AutoConfig.from_pretrained(args.model).vocab_size  # ids from the middle of the vocabulary, as text has
+    batch = {"input_ids": torch.randint(min(1000, vocab // 2), min(20000, vocab), (args.batch_size, args.seq_len),
+                                        generator=generator),
              "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
              "labels": torch.randint(0, 2, (args.batch_size,), generator=generator)}
+    batch = {name: value.to(args.device) for name, value in batch.items()}
     runs = []
     for name, kept, masked_product in variants:
-        model = build(args.model, kept, masked_product).train()
+        model = build(args.model, kept, masked_product).to(args.device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         time_steps(model, optimizer, batch, args.warmup)
         runs.append({"variant": name, "kept": kept, "masked_product": masked_product, "model": model,
@@ -98,7 +104,8 @@ def markdown(results: list[dict[str, Any]], command: str, environment: dict[str,
                       f"Command: `{command}`", "", f"Environment: {json.dumps(environment)}", ""])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark from a command line (``argv``, default ``sys.argv[1:]``); returns the Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="local pre-trained encoder folder")
     parser.add_argument("--out", required=True, help="output path without extension (.json and .md)")
@@ -109,11 +116,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
     results = measure(args)
-    command = "python " + portable_command(sys.argv, {args.model: "$MODEL"})
+    command = "python benchmarks/train_step.py " + portable_command(sys.argv[1:] if argv is None else argv,
+                                                                    {args.model: "$MODEL", args.out: "$OUT"})
     environment = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+                   "threads": torch.get_num_threads(), "python": sys.version.split()[0], "device": args.device}
+    if args.device == "cuda":
+        environment["gpu"] = torch.cuda.get_device_name(0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
         json.dump({"command": command, "environment": environment, "settings": vars(args), "results": results},
@@ -122,6 +133,7 @@ def main() -> None:
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from typing import Any, Optional, Sequence
 from .layout import FILE_NAMES, FP16, REPORT_NAME, read_export_report
 
 PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT = "pytorch dense", "onnx dense (raw)", "onnx dense (ort-optimized)"
+ONNX_DENSE_FP16 = "onnx dense fp16 (ort-optimized)"  # on CUDA: the optimizer's BERT Attention fusion, in fp16
+DENSE_ONNX = (ONNX_DENSE_RAW, ONNX_DENSE_ORT, ONNX_DENSE_FP16)
+CUDA = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Variant:
     kind: str
     path: str
     group: str = ""  # the export folder a compact graph comes from; "" for the dense references
+    optional: bool = False  # a variant that may fail here (torch.compile): recorded as failed, not fatal
 
     @property
     def compact(self) -> bool:
@@ -58,21 +62,35 @@ class BenchSettings:
         return [(b, s) for s in self.seq_lens for b in self.batch_sizes]
 
 
-def dense_variants(dense_dir: str, architecture: str, num_labels: int, work_dir: str) -> list[Variant]:
-    """PyTorch eager and the two dense ONNX graphs (raw Optimum export and its onnxruntime-optimized form).
+def dense_variants(dense_dir: str, architecture: str, num_labels: int, work_dir: str,
+                   provider: str = "CPUExecutionProvider") -> list[Variant]:
+    """PyTorch eager and the dense ONNX graphs (raw Optimum export and its onnxruntime-optimized form).
 
-    The dense graphs are exported once per (model folder, architecture, labels) into ``work_dir``.
+    On CUDA also what a careful GPU user deploys: the optimizer's BERT Attention fusion in fp16, and
+    PyTorch in fp16, eager and (when it works here) ``torch.compile``d. The dense graphs are exported
+    once per (model folder, architecture, labels) into ``work_dir``.
     """
     key = hashlib.sha1(f"{os.path.abspath(dense_dir)}|{architecture}|{num_labels}".encode()).hexdigest()[:12]
-    raw = os.path.join(work_dir, f"dense-{key}", "model.onnx")
-    optimized = os.path.join(work_dir, f"dense-{key}", "model_ort.onnx")
-    if not os.path.isfile(optimized):
-        _export_dense(dense_dir, architecture, num_labels, os.path.dirname(raw))
-    return [Variant(PYTORCH_DENSE, "torch", f"{dense_dir}::{architecture}::{num_labels}"),
-            Variant(ONNX_DENSE_RAW, "onnx", raw), Variant(ONNX_DENSE_ORT, "onnx", optimized)]
+    folder = os.path.join(work_dir, f"dense-{key}")
+    raw, optimized, half = (os.path.join(folder, name) for name in ("model.onnx", "model_ort.onnx", "model_ort_fp16.onnx"))
+    cuda = provider == CUDA
+    if not os.path.isfile(optimized) or (cuda and not os.path.isfile(half)):
+        _export_dense(dense_dir, architecture, num_labels, folder, fp16=cuda)
+    spec = f"{dense_dir}::{architecture}::{num_labels}"
+    variants = [Variant(PYTORCH_DENSE, "torch", spec), Variant(ONNX_DENSE_RAW, "onnx", raw),
+                Variant(ONNX_DENSE_ORT, "onnx", optimized)]
+    if cuda:
+        variants += [Variant(ONNX_DENSE_FP16, "onnx", half), *torch_fp16_variants(spec, "pytorch dense")]
+    return variants
 
 
-def _export_dense(dense_dir: str, architecture: str, num_labels: int, folder: str) -> None:
+def torch_fp16_variants(spec: str, name: str, group: str = "") -> list[Variant]:
+    """PyTorch in fp16 on CUDA, eager and compiled (the compiled one may fail on a machine: optional)."""
+    return [Variant(f"{name} fp16", "torch", f"{spec}::fp16", group),
+            Variant(f"{name} fp16 compiled", "torch", f"{spec}::fp16::compile", group, optional=True)]
+
+
+def _export_dense(dense_dir: str, architecture: str, num_labels: int, folder: str, fp16: bool = False) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
     from optimum.exporters.onnx import onnx_export_from_model
     from optimum.exporters.tasks import TasksManager
@@ -80,24 +98,39 @@ def _export_dense(dense_dir: str, architecture: str, num_labels: int, folder: st
     model = _load_dense(dense_dir, architecture, num_labels)
     onnx_export_from_model(model, folder, task=TasksManager.infer_task_from_model(model), do_validation=False)
     config = model.config
-    optimize_model(os.path.join(folder, "model.onnx"), model_type="bert", num_heads=config.num_attention_heads,
-                   hidden_size=config.hidden_size, opt_level=0,
-                   use_gpu=False).save_model_to_file(os.path.join(folder, "model_ort.onnx"))
+    optimize = partial(optimize_model, os.path.join(folder, "model.onnx"), model_type="bert",
+                       num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=0)
+    optimize(use_gpu=False).save_model_to_file(os.path.join(folder, "model_ort.onnx"))
+    if fp16:
+        optimized = optimize(use_gpu=True)
+        optimized.convert_float_to_float16(keep_io_types=True)
+        optimized.save_model_to_file(os.path.join(folder, "model_ort_fp16.onnx"))
 
 
 def _load_dense(dense_dir: str, architecture: str, num_labels: int) -> Any:
     import transformers
 
+    if architecture == COMPACT:
+        from peft_rankdyna.compact import AutoCompactModel
+
+        return AutoCompactModel.from_pretrained(dense_dir).eval()
     cls = getattr(transformers, architecture)
     kwargs = {"num_labels": num_labels} if "Classification" in architecture else {}
     return cls.from_pretrained(dense_dir, **kwargs).eval()
 
 
-def compact_variants(export_dir: str, provider: str, label: str) -> list[Variant]:
-    """The graphs an export wrote (the fp16 graph only on CUDA, where it is meant to run)."""
+COMPACT = "compact"  # the "architecture" of a torch variant that loads a compact folder
+
+
+def compact_variants(export_dir: str, provider: str, label: str, compact_dir: Optional[str] = None) -> list[Variant]:
+    """The graphs an export wrote (the fp16 graph only on CUDA, where it is meant to run) and, given the compact
+    folder it came from, on CUDA the compact model in PyTorch fp16."""
     written = read_export_report(export_dir)["variants"]
-    return [Variant(f"{label} {name}", "onnx", os.path.join(export_dir, FILE_NAMES[name]), label)
-            for name in written if name != FP16 or provider == "CUDAExecutionProvider"]
+    variants = [Variant(f"{label} {name}", "onnx", os.path.join(export_dir, FILE_NAMES[name]), label)
+                for name in written if name != FP16 or provider == CUDA]
+    if compact_dir is not None and provider == CUDA:
+        variants += torch_fp16_variants(f"{compact_dir}::{COMPACT}::0", f"{label} pytorch", label)
+    return variants
 
 
 def write_inputs(tokenizer: Any, settings: BenchSettings, path: str) -> None:
@@ -144,10 +177,13 @@ def measure(variant: Variant, settings: BenchSettings) -> dict[str, list[float]]
 def _torch_runner(variant: Variant, settings: BenchSettings, threads: int) -> tuple[Any, list[str]]:
     import torch
 
-    dense_dir, architecture, num_labels = variant.path.split("::")
+    dense_dir, architecture, num_labels, *options = variant.path.split("::")
     torch.set_num_threads(threads)
-    device = "cuda" if settings.provider == "CUDAExecutionProvider" else "cpu"
+    device = "cuda" if settings.provider == CUDA else "cpu"
     model = _load_dense(dense_dir, architecture, int(num_labels)).to(device)
+    if "fp16" in options:
+        model = model.half()
+    forward = torch.compile(model) if "compile" in options else model
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
              if n in model.forward.__code__.co_varnames]
 
@@ -156,7 +192,7 @@ def _torch_runner(variant: Variant, settings: BenchSettings, threads: int) -> tu
 
         @torch.inference_mode()
         def call() -> None:
-            model(**tensors)
+            forward(**tensors)
             if device == "cuda":
                 torch.cuda.synchronize()
 
@@ -165,20 +201,33 @@ def _torch_runner(variant: Variant, settings: BenchSettings, threads: int) -> tu
     return run_once, names
 
 
-def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, seed: int = 0,
-                  progress: bool = True) -> dict[str, dict[str, list[float]]]:
-    """All timed runs per variant and shape: ``rounds`` rounds, shuffled order, one fresh process per variant."""
+def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, seed: int = 0, progress: bool = True
+                  ) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+    """All timed runs per variant and shape: ``rounds`` rounds, shuffled order, one fresh process per variant.
+
+    Also returns the optional variants that failed on this machine, with the end of their error."""
     order = random.Random(seed)
     samples: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
+    failed: dict[str, str] = {}
     for round_index in range(settings.rounds):
         shuffled = list(variants)
         order.shuffle(shuffled)
         for variant in shuffled:
+            if variant.name in failed:
+                continue
             if progress:
                 print(f"  round {round_index + 1}/{settings.rounds}: {variant.name}", flush=True)
-            for shape, times in _in_fresh_process(variant, settings).items():
+            try:
+                timed = _in_fresh_process(variant, settings)
+            except RuntimeError as error:
+                if not variant.optional:
+                    raise
+                failed[variant.name] = str(error)[-500:]
+                print(f"  {variant.name} failed here and is left out: {str(error).splitlines()[-1]}", flush=True)
+                continue
+            for shape, times in timed.items():
                 samples[variant.name].setdefault(shape, []).extend(times)
-    return samples
+    return {name: times for name, times in samples.items() if name not in failed}, failed
 
 
 def _in_fresh_process(variant: Variant, settings: BenchSettings) -> dict[str, list[float]]:
@@ -194,7 +243,7 @@ def summarize(variants: Sequence[Variant], samples: dict[str, dict[str, list[flo
     """Median, p90, throughput, and (for compact graphs) latency and FLOP ratios against the best dense ONNX graph."""
     rows = []
     for variant in variants:
-        for shape, times in samples[variant.name].items():
+        for shape, times in samples.get(variant.name, {}).items():
             batch_size, seq_len = map(int, shape.split("x"))
             median = statistics.median(times)
             rows.append({"variant": variant.name, "group": variant.group, "compact": variant.compact,
@@ -202,7 +251,7 @@ def summarize(variants: Sequence[Variant], samples: dict[str, dict[str, list[flo
                          "seq_len": seq_len, "runs": len(times), "median_ms": 1000 * median,
                          "p90_ms": 1000 * _quantile(times, 0.9), "sequences_per_s": batch_size / median})
     for row in rows:
-        dense = [r["median_ms"] for r in rows if r["variant"] in (ONNX_DENSE_RAW, ONNX_DENSE_ORT)
+        dense = [r["median_ms"] for r in rows if r["variant"] in DENSE_ONNX
                  and (r["batch_size"], r["seq_len"]) == (row["batch_size"], row["seq_len"])]
         row["latency_ratio"] = row["median_ms"] / min(dense) if dense else None
         row["flops_ratio"] = flops_ratio[row["group"], row["seq_len"]] if row["compact"] else 1.0
@@ -254,7 +303,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def markdown(rows: Sequence[dict[str, Any]], env: dict[str, Any], command: str,
-             chosen: Optional[dict[str, dict[str, Any]]] = None) -> str:
+             chosen: Optional[dict[str, dict[str, Any]]] = None, failed: Optional[dict[str, str]] = None) -> str:
     """The rows as a Markdown table with the environment and the command that produced them."""
     header = ["variant", "batch × seq", "median ms", "p90 ms", "seq/s", "latency vs best dense ONNX",
               "FLOPs vs dense", "latency ratio / FLOP ratio", "runs"]
@@ -269,18 +318,21 @@ def markdown(rows: Sequence[dict[str, Any]], env: dict[str, Any], command: str,
     text = "\n".join(lines) + "\n\n"
     for group, choice in (chosen or {}).items():
         text += f"Chosen for {group} on {env['provider']}: **{choice['variant']}** — {choice['why']}.\n\n"
+    for name, error in (failed or {}).items():
+        text += f"Not timed: {name} failed on this machine (`{error.strip().splitlines()[-1]}`).\n\n"
     env_text = ", ".join(f"{k} {v}" for k, v in env.items())
     return text + f"Environment: {env_text}.\n\nCommand: `{command}`\n"
 
 
 def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSettings, out_prefix: str,
               command: str, work_dir: str, choose_shape: Optional[tuple[int, int]] = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, compact_dirs: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Time dense references and every compact graph of ``export_dirs`` in one run; write ``OUT.json``/``OUT.md``.
 
     With ``choose_shape`` the fastest graph of each export at that (batch, sequence) is recorded in
     its ``rankdyna_export.json`` under ``"chosen"`` for this provider. ``work_dir`` caches the dense
-    graphs and holds the tokenised inputs.
+    graphs and holds the tokenised inputs. ``compact_dirs`` (the compact folders the exports came
+    from, in the same order) add the compact models in PyTorch on CUDA.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -289,24 +341,26 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
 
     labels = _labels(export_dirs)
     config = AutoConfig.from_pretrained(export_dirs[0])  # Optimum saves the base model's config beside the graph
-    variants = dense_variants(dense_dir, config.architectures[0], config.num_labels, work_dir)
+    variants = dense_variants(dense_dir, config.architectures[0], config.num_labels, work_dir, settings.provider)
     flops = {}
-    for export_dir, label in zip(export_dirs, labels):
-        variants += compact_variants(export_dir, settings.provider, label)
+    for export_dir, label, compact_dir in zip(export_dirs, labels, compact_dirs or [None] * len(export_dirs)):
+        variants += compact_variants(export_dir, settings.provider, label, compact_dir)
         counts = read_export_report(export_dir)["flops"]
         flops.update({(label, s): flops_ratio(counts, s) for s in settings.seq_lens})
     inputs_file = os.path.join(work_dir, "bench_inputs.npz")
     settings = BenchSettings(**{**asdict(settings), "inputs_file": inputs_file})
     write_inputs(AutoTokenizer.from_pretrained(export_dirs[0]), settings, inputs_file)
-    rows = summarize(variants, run_benchmark(variants, settings, seed), flops)
+    samples, failed = run_benchmark(variants, settings, seed)
+    rows = summarize(variants, samples, flops)
     env = environment(settings.provider, settings.threads or os.cpu_count() or 1)
     chosen = {label: choose(rows, label, *choose_shape) for label in labels} if choose_shape else {}
     for export_dir, label in zip(export_dirs, labels):
         if label in chosen:
             _record_choice(export_dir, settings.provider, chosen[label])
-    results = {"environment": env, "settings": asdict(settings), "command": command, "rows": rows, "chosen": chosen}
+    results = {"environment": env, "settings": asdict(settings), "command": command, "rows": rows, "chosen": chosen,
+               "failed": failed}
     atomic_write_text(out_prefix + ".json", json.dumps(results, indent=1))
-    atomic_write_text(out_prefix + ".md", markdown(rows, env, command, chosen))
+    atomic_write_text(out_prefix + ".md", markdown(rows, env, command, chosen, failed))
     return results
 
 

@@ -77,20 +77,23 @@ def stsb_glue_dir(tmp_path) -> str:
     return str(tmp_path / "glue")
 
 
-def tiny_tokenizer(folder: str) -> Any:
-    """A WordPiece tokenizer whose ids fit the tiny models' vocabulary (99), saved into ``folder``."""
-    from transformers import BertTokenizerFast
+def load_benchmark(name: str) -> Any:
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    import sys
 
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters),
-             *"0123456789", ".", ",", "'", "-", "the", "a", "is", "of", "to", "in", "and"]
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "vocab.txt")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=path)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "benchmarks", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def tiny_tokenizer(folder: str) -> Any:
+    """A WordPiece tokenizer whose ids fit the tiny models' vocabulary (99), saved into ``folder`` (the one the
+    GPU check builds its models' inputs with)."""
+    return load_benchmark("gpu_check").word_tokenizer(folder)
 
 
 def tiny_compact_folder(folder: str, model_type: str = "bert", budget: float = 0.4, num_labels: int = 2,

@@ -1,17 +1,10 @@
 """benchmarks/embeddings.py: a smoke run on a tiny sentence-embedding model with real MRPC text."""
 
-import importlib.util
 import json
-import os
-import sys
 
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 
-spec = importlib.util.spec_from_file_location("embeddings_benchmark", os.path.join(REPO_ROOT, "benchmarks",
-                                                                                    "embeddings.py"))
-embeddings = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = embeddings
-spec.loader.exec_module(embeddings)
+embeddings = load_benchmark("embeddings")
 
 
 def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_model, glue_dir):

@@ -1,7 +1,6 @@
 """The GLUE grid benchmark: a smoke run on a tiny model, resuming, and the summary."""
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -9,14 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 
 from peft_rankdyna.pipeline import training_device
 
-spec = importlib.util.spec_from_file_location("glue_benchmark", os.path.join(REPO_ROOT, "benchmarks", "glue.py"))
-glue = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = glue  # dataclasses look their module up
-spec.loader.exec_module(glue)
+glue = load_benchmark("glue")
 
 
 def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_dir):

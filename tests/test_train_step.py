@@ -1,21 +1,15 @@
 """benchmarks/train_step.py: a smoke run on a tiny model, and its masked-product variant."""
 
 import argparse
-import importlib.util
-import os
-import sys
 
 import torch
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 
-spec = importlib.util.spec_from_file_location("train_step", os.path.join(REPO_ROOT, "benchmarks", "train_step.py"))
-train_step = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = train_step
-spec.loader.exec_module(train_step)
+train_step = load_benchmark("train_step")
 
 
 def test_every_variant_is_timed_in_every_round(tiny_glue_model):
-    args = argparse.Namespace(model=tiny_glue_model, kept=[1.0, 0.5], batch_size=2, seq_len=8, steps=1, rounds=2,
+    args = argparse.Namespace(model=tiny_glue_model, kept=[1.0, 0.5], batch_size=2, seq_len=8, steps=1, rounds=2, device="cpu",
                               warmup=1)
     results = train_step.measure(args)
     assert [r["variant"] for r in results] == ["dense", "RankDyna, kept 1", "RankDyna, kept 1, masked product",
