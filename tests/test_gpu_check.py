@@ -35,3 +35,16 @@ def test_a_truncated_model_keeps_the_top_groups_of_every_matrix():
     U, s, Vt = torch.linalg.svd(weight, full_matrices=False)
     module = compact.get_submodule(name)
     torch.testing.assert_close(module.up.weight @ module.down.weight, (U[:, :5] * s[:5]) @ Vt[:5], atol=1e-5, rtol=1e-4)
+
+
+def test_the_committed_rank_patterns_rebuild_the_compact_models_of_their_runs():
+    from peft_rankdyna.report import model_report
+
+    dense = gpu_check.dense_model(gpu_check.MINILM_SHAPE)
+    patterns = gpu_check.rank_patterns(False, dense)
+    assert set(patterns) >= {"mrpc-0.5-s42", "mrpc-0.25-s42"}
+    for name, ranks in patterns.items():
+        recorded = json.load(open(f"{gpu_check.PATTERNS}/{name}.json", encoding="utf-8"))
+        report = model_report(gpu_check.truncated(dense, ranks))
+        assert report["target_params"] == recorded["target_params"], name
+        assert abs(report["flops_ratio"] - recorded["flops_ratio_seq128"]) < 1e-9, name
