@@ -33,6 +33,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -138,6 +139,109 @@ def run_steps(steps: list[tuple[str, Callable[[], Any]]], summary: dict[str, Any
             json.dump(summary, handle, indent=1, default=str)
 
 
+@dataclass
+class Run:
+    """What every step works on: the arguments, the provider, the models and their folders."""
+
+    args: argparse.Namespace
+    provider: str
+    out: str
+    work: str
+    tokenizer: Any
+    dense_dir: str
+    compacts: dict[str, torch.nn.Module]
+    compact_dirs: dict[str, str]
+    export_dirs: dict[str, str]
+    command: str
+
+
+def prepare(args: argparse.Namespace, provider: str, command: str) -> Run:
+    """Build the dense model and the compact ones from the rank patterns, and save them with a tokenizer."""
+    out = os.path.abspath(args.out)
+    work = os.path.join(out, "work")
+    os.makedirs(work, exist_ok=True)
+    tokenizer = word_tokenizer(os.path.join(work, "tokenizer"))
+    dense = dense_model(TINY_SHAPE if args.dry_run else MINILM_SHAPE)
+    dense_dir = os.path.join(work, "dense")
+    dense.save_pretrained(dense_dir)
+    tokenizer.save_pretrained(dense_dir)
+    compacts = {name: truncated(dense, ranks) for name, ranks in rank_patterns(args.dry_run, dense).items()}
+    run = Run(args, provider, out, work, tokenizer, dense_dir, compacts,
+              {name: os.path.join(work, f"compact-{name}") for name in compacts},
+              {name: os.path.join(work, f"onnx-{name}") for name in compacts}, command)
+    for name, model in compacts.items():
+        model.save_pretrained(run.compact_dirs[name], tokenizer=tokenizer)
+    return run
+
+
+def step_export(run: Run) -> dict[str, Any]:
+    """Every export with its fp16 graph (validated on the CPU provider as `rankdyna export` does)."""
+    from rankdyna_exporters.export import export
+    from rankdyna_exporters.layout import FP16
+
+    return {name: export(model, run.export_dirs[name], tokenizer=run.tokenizer, fp16=True)["variants"][FP16]
+            ["against_fp32"] for name, model in run.compacts.items()}
+
+
+def step_correctness(run: Run) -> dict[str, Any]:
+    """Every graph on the provider against PyTorch, and a tiny MPNet (its fused attention carries a bias)."""
+    from peft_rankdyna.baselines import factor_model
+    from rankdyna_exporters.export import export
+
+    checked = {name: check_graphs(run.export_dirs[name], model, run.tokenizer, run.provider, run.args.atol)
+               for name, model in run.compacts.items()}
+    mpnet = factor_model(dense_model(TINY_SHAPE, "mpnet"), 0.5)
+    export(mpnet, os.path.join(run.work, "onnx-mpnet"), tokenizer=run.tokenizer)
+    checked["tiny mpnet"] = check_graphs(os.path.join(run.work, "onnx-mpnet"), mpnet, run.tokenizer, run.provider,
+                                         run.args.atol)
+    return checked
+
+
+def step_latency(run: Run) -> dict[str, Any]:
+    """``rankdyna bench`` on the provider: dense references, every compact graph, the compact models in PyTorch."""
+    from rankdyna_exporters.bench import BenchSettings, benchmark
+
+    dry = run.args.dry_run
+    settings = BenchSettings(batch_sizes=(1, 2) if dry else (1, 8, 32, 128), seq_lens=(16,) if dry else (128,),
+                             rounds=1 if dry else run.args.rounds, runs_per_round=2 if dry else run.args.runs,
+                             warmup=1 if dry else 5, provider=run.provider, threads=0)
+    names = list(run.compacts)
+    results = benchmark([run.export_dirs[n] for n in names], run.dense_dir, settings, os.path.join(run.out, "latency"),
+                        run.command, os.path.join(run.work, "bench"),
+                        choose_shape=(settings.batch_sizes[0], settings.seq_lens[0]),
+                        compact_dirs=[run.compact_dirs[n] for n in names])
+    return {"chosen": results["chosen"], "failed": results["failed"], "rows": len(results["rows"])}
+
+
+def step_profile(run: Run) -> dict[str, Any]:
+    """onnxruntime's per-op-type times of the dense reference and the compact fp16 (dry run: fused) graphs."""
+    sys.path.insert(0, HERE)
+    from profile_ops import profile
+
+    from rankdyna_exporters.layout import FILE_NAMES, FP16, FUSED_ORT
+
+    dry = run.args.dry_run
+    bench = os.path.join(run.work, "bench", "dense-*")
+    graphs = {"dense": (glob.glob(os.path.join(bench, "model_ort_fp16.onnx")) or
+                        glob.glob(os.path.join(bench, "model_ort.onnx")))[0]}
+    graphs.update({name: os.path.join(folder, FILE_NAMES[FUSED_ORT if dry else FP16])
+                   for name, folder in run.export_dirs.items()})
+    return {f"{name} batch {batch}": profile(path, run.dense_dir, batch, 16 if dry else 128, 2 if dry else 20,
+                                              os.cpu_count() or 1, run.provider)
+            for name, path in graphs.items() for batch in ((1, 2) if dry else (1, 32))}
+
+
+def step_train(run: Run) -> str:
+    """``benchmarks/train_step.py`` on the device: dense, full rank, half and a quarter kept."""
+    sys.path.insert(0, HERE)
+    import train_step
+
+    sizes = (["--kept", "1.0", "0.5", "--batch-size", "2", "--seq-len", "8", "--steps", "1", "--rounds", "1"]
+             if run.args.dry_run else ["--kept", "1.0", "0.5", "0.25", "--rounds", "3", "--steps", "5"])
+    return train_step.main(["--model", run.dense_dir, "--out", os.path.join(run.out, "train_step"), "--device",
+                            "cpu" if run.args.dry_run else "cuda", *sizes])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for every result file")
@@ -150,86 +254,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import onnxruntime
 
     from peft_rankdyna.io import portable_command
-    from rankdyna_exporters.bench import BenchSettings, benchmark
-    from rankdyna_exporters.export import export
-    from rankdyna_exporters.layout import FILE_NAMES, FP16, FUSED_ORT
 
     provider = "CPUExecutionProvider" if args.dry_run else "CUDAExecutionProvider"
     if provider not in onnxruntime.get_available_providers():
         raise SystemExit(f"onnxruntime {onnxruntime.__version__} has no {provider} here "
                          f"(providers: {onnxruntime.get_available_providers()}); use --dry-run on a CPU machine.")
-    out = os.path.abspath(args.out)
-    work = os.path.join(out, "work")
-    os.makedirs(work, exist_ok=True)
-    shape = TINY_SHAPE if args.dry_run else MINILM_SHAPE
+    command = "python benchmarks/gpu_check.py " + portable_command(sys.argv[1:] if argv is None else argv,
+                                                                    {args.out: "$OUT"})
+    run = prepare(args, provider, command)
     summary: dict[str, Any] = {
-        "command": "python benchmarks/gpu_check.py " + portable_command(sys.argv[1:] if argv is None else argv,
-                                                                         {args.out: "$OUT"}),
-        "provider": provider, "onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
-        "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "shape": shape, "steps": {}}
-    tokenizer = word_tokenizer(os.path.join(work, "tokenizer"))
-    dense = dense_model(shape)
-    dense_dir = os.path.join(work, "dense")
-    dense.save_pretrained(dense_dir)
-    tokenizer.save_pretrained(dense_dir)
-    patterns = rank_patterns(args.dry_run, dense)
-    compacts = {name: truncated(dense, ranks) for name, ranks in patterns.items()}
-    compact_dirs = {name: os.path.join(work, f"compact-{name}") for name in compacts}
-    export_dirs = {name: os.path.join(work, f"onnx-{name}") for name in compacts}
-    for name, model in compacts.items():
-        model.save_pretrained(compact_dirs[name], tokenizer=tokenizer)
-
-    def exports() -> dict[str, Any]:
-        return {name: export(model, export_dirs[name], tokenizer=tokenizer, fp16=True)["variants"][FP16]["against_fp32"]
-                for name, model in compacts.items()}
-
-    def correctness() -> dict[str, Any]:
-        checked = {name: check_graphs(export_dirs[name], model, tokenizer, provider, args.atol)
-                   for name, model in compacts.items()}
-        from peft_rankdyna.baselines import factor_model
-
-        mpnet = factor_model(dense_model(TINY_SHAPE, "mpnet"), 0.5)  # the fused op with MPNet's relative-position bias
-        export(mpnet, os.path.join(work, "onnx-mpnet"), tokenizer=tokenizer)
-        checked["tiny mpnet"] = check_graphs(os.path.join(work, "onnx-mpnet"), mpnet, tokenizer, provider, args.atol)
-        return checked
-
-    def latency() -> dict[str, Any]:
-        settings = BenchSettings(batch_sizes=(1, 2) if args.dry_run else (1, 8, 32, 128),
-                                 seq_lens=(16,) if args.dry_run else (128,), rounds=1 if args.dry_run else args.rounds,
-                                 runs_per_round=2 if args.dry_run else args.runs, warmup=1 if args.dry_run else 5,
-                                 provider=provider, threads=0)
-        names = list(compacts)
-        results = benchmark([export_dirs[n] for n in names], dense_dir, settings, os.path.join(out, "latency"),
-                            summary["command"], os.path.join(work, "bench"), choose_shape=(settings.batch_sizes[0],
-                                                                                           settings.seq_lens[0]),
-                            compact_dirs=[compact_dirs[n] for n in names])
-        return {"chosen": results["chosen"], "failed": results["failed"], "rows": len(results["rows"])}
-
-    def profiles() -> dict[str, Any]:
-        sys.path.insert(0, HERE)
-        from profile_ops import profile
-
-        graphs = {"dense fp16": glob.glob(os.path.join(work, "bench", "dense-*", "model_ort_fp16.onnx")) or
-                  glob.glob(os.path.join(work, "bench", "dense-*", "model_ort.onnx"))}
-        graphs.update({name: [os.path.join(export_dirs[name], FILE_NAMES[FP16 if not args.dry_run else FUSED_ORT])]
-                       for name in compacts})
-        return {f"{name} batch {batch}": profile(paths[0], dense_dir, batch, 16 if args.dry_run else 128,
-                                                  2 if args.dry_run else 20, os.cpu_count() or 1, provider)
-                for name, paths in graphs.items() for batch in ((1, 2) if args.dry_run else (1, 32))}
-
-    def train_step() -> str:
-        sys.path.insert(0, HERE)
-        import train_step as benchmark_module
-
-        small = ["--kept", "1.0", "0.5", "--batch-size", "2", "--seq-len", "8", "--steps", "1", "--rounds", "1"]
-        return benchmark_module.main(["--model", dense_dir, "--out", os.path.join(out, "train_step"), "--device",
-                                      "cpu" if args.dry_run else "cuda",
-                                      *(small if args.dry_run else ["--kept", "1.0", "0.5", "0.25", "--rounds", "3",
-                                                                    "--steps", "5"])])
-
-    run_steps([("export", exports), ("correctness", correctness), ("latency", latency), ("profile", profiles),
-               ("train_step", train_step)], summary, out)
+        "command": command, "provider": provider, "onnxruntime": onnxruntime.__version__,
+        "providers": onnxruntime.get_available_providers(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "shape": TINY_SHAPE if args.dry_run else MINILM_SHAPE, "patterns": list(run.compacts), "steps": {}}
+    run_steps([("export", lambda: step_export(run)), ("correctness", lambda: step_correctness(run)),
+               ("latency", lambda: step_latency(run)), ("profile", lambda: step_profile(run)),
+               ("train_step", lambda: step_train(run))], summary, run.out)
     print(json.dumps({name: step.get("ok") for name, step in summary["steps"].items()}))
     return summary
 

@@ -138,16 +138,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     start = time.perf_counter()
     set_seed(settings.seed)
     train_split, dev_split, task = settings.splits()  # bad files fail here, before any model is loaded
-    if settings.method not in METHODS:
-        raise ValueError(f"Unknown method {settings.method!r}; choose one of {', '.join(METHODS)}.")
-    config = None
-    if settings.budget is not None and settings.method == "rankdyna":  # validated before any slow work
-        config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
-    elif settings.budget is not None:
-        check_budget(settings.budget, "budget")
-    if settings.finetuned_model is not None and (config is not None or settings.budget is None):
-        raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
-                         "use it with method 'svd' or 'fwsvd' and a budget.")
+    config = checked_config(settings)
     tokenizer = load_tokenizer(settings.model)
     train = GlueDataset(tokenizer, train_split, settings.max_seq_length, settings.max_train_samples)
     dev = GlueDataset(tokenizer, dev_split, settings.max_seq_length, settings.max_eval_samples)
@@ -167,15 +158,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
         return trainer
 
     def score(trainer: Trainer) -> None:
-        output = trainer.predict(dev, metric_key_prefix="eval")
-        results["metrics"] = {name: output.metrics[f"eval_{name}"] for name in task.metric_names}
-        results["train_steps"] = trainer.state.global_step
-        results["collapse"] = check_collapse(
-            output.predictions, output.label_ids, results["metrics"],
-            lambda predictions, labels: compute_metrics(task, predictions, labels), task.is_regression,
-        ).to_dict()
-        if results["collapse"]["collapsed"]:
-            warnings.warn(f"rankdyna compress: {results['collapse']['message']}", stacklevel=2)
+        results.update(score_on_dev(trainer, dev, task))
 
     results["model_params_after"] = results["model_params_before"]
     if settings.budget is None:
@@ -198,6 +181,34 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
     return results
+
+
+def checked_config(settings: CompressSettings) -> Optional[RankDynaConfig]:
+    """Check the method, budget and first-round settings before any slow work; RankDyna's config, if any."""
+    if settings.method not in METHODS:
+        raise ValueError(f"Unknown method {settings.method!r}; choose one of {', '.join(METHODS)}.")
+    if settings.budget is not None and settings.method == "rankdyna":
+        config = RankDynaConfig(target_budget=settings.budget, task_type="SEQ_CLS", **settings.rankdyna)
+    else:
+        config = None
+        if settings.budget is not None:
+            check_budget(settings.budget, "budget")
+    if settings.finetuned_model is not None and (config is not None or settings.budget is None):
+        raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
+                         "use it with method 'svd' or 'fwsvd' and a budget.")
+    return config
+
+
+def score_on_dev(trainer: Trainer, dev: GlueDataset, task: GlueTask) -> dict[str, Any]:
+    """The task's dev metrics of the trained model, its step count, and the check that it did not collapse."""
+    output = trainer.predict(dev, metric_key_prefix="eval")
+    metrics = {name: output.metrics[f"eval_{name}"] for name in task.metric_names}
+    collapse = check_collapse(output.predictions, output.label_ids, metrics,
+                              lambda predictions, labels: compute_metrics(task, predictions, labels),
+                              task.is_regression).to_dict()
+    if collapse["collapsed"]:
+        warnings.warn(f"rankdyna compress: {collapse['message']}", stacklevel=2)
+    return {"metrics": metrics, "train_steps": trainer.state.global_step, "collapse": collapse}
 
 
 @torch.no_grad()
