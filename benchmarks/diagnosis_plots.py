@@ -39,6 +39,13 @@ def _layer(name: str) -> int:
     return int(name.split(" ", 1)[0][1:])
 
 
+def _save(figure: Any, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+    return path
+
+
 def median_update_by_kind(run: dict[str, Any], first_step: int = 1) -> dict[str, float]:
     """Median over steps and layers of the relative update, per matrix kind (steps from ``first_step`` on)."""
     values = defaultdict(list)
@@ -64,10 +71,7 @@ def plot_curves(runs: list[dict[str, Any]], task: str, path: str) -> str:
         axes[1][column].set_ylabel(f"dev {METRIC[task]}")
         axes[1][column].set_xlabel("optimizer step")
         axes[0][column].legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_update_sizes(runs: list[dict[str, Any]], path: str) -> str:
@@ -83,10 +87,7 @@ def plot_update_sizes(runs: list[dict[str, Any]], path: str) -> str:
     axes.set_ylabel("median ‖ΔW‖_F / ‖W‖_F per step")
     axes.set_title("Update of the effective weight per optimizer step (steps ≥ 100)")
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_importance(run: dict[str, Any], path: str) -> str:
@@ -113,10 +114,7 @@ def plot_importance(run: dict[str, Any], path: str) -> str:
     right.set_ylim(0, 1.02)
     right.legend(fontsize="small")
     right.set_title(f"{run['label']} seed {run['seed']}: ranking stability")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_allocation(run: dict[str, Any], path: str) -> str:
@@ -135,10 +133,7 @@ def plot_allocation(run: dict[str, Any], path: str) -> str:
     bottom.set_ylabel("largest drop of one matrix's rank at a refresh")
     bottom.set_xlabel("optimizer step")
     top.set_title(f"{run['label']} seed {run['seed']}: allocation over training")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def summary(runs: list[dict[str, Any]]) -> str:

@@ -4,7 +4,7 @@ The compact model type is taught to Optimum's exporter by ``peft_rankdyna.regist
 ``import peft_rankdyna``; this package depends on ``peft_rankdyna``, never the reverse.
 
 - ``fusion``: export-time attention modules that become one fused attention op per layer;
-- ``export`` / ``validation`` / ``fp16``: the graphs of an export folder, each checked before it is kept;
+- ``export`` / ``validation`` / ``fp16`` / ``int8``: the graphs of an export folder, each checked before it is kept;
 - ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark.
 """
 

@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Optional, Sequence
 
-from .layout import FILE_NAMES, FP16, REPORT_NAME, read_export_report
+from .layout import FILE_NAMES, FP16, INT8, REPORT_NAME, read_export_report
 
 PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT = "pytorch dense", "onnx dense (raw)", "onnx dense (ort-optimized)"
 ONNX_DENSE_FP16 = "onnx dense fp16 (ort-optimized)"  # on CUDA: the optimizer's BERT Attention fusion, in fp16
-DENSE_ONNX = (ONNX_DENSE_RAW, ONNX_DENSE_ORT, ONNX_DENSE_FP16)
-CUDA = "CUDAExecutionProvider"
+ONNX_DENSE_INT8 = "onnx dense int8"  # on the CPU: what an Optimum user gets from ORTQuantizer, our int8 settings
+DENSE_ONNX = (ONNX_DENSE_RAW, ONNX_DENSE_ORT, ONNX_DENSE_FP16, ONNX_DENSE_INT8)
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"  # runtime's names, without importing onnxruntime
 
 
 @dataclass(frozen=True)
@@ -63,24 +64,28 @@ class BenchSettings:
 
 
 def dense_variants(dense_dir: str, architecture: str, num_labels: int, work_dir: str,
-                   provider: str = "CPUExecutionProvider") -> list[Variant]:
+                   provider: str = CPU) -> list[Variant]:
     """PyTorch eager and the dense ONNX graphs (raw Optimum export and its onnxruntime-optimized form).
 
-    On CUDA also what a careful GPU user deploys: the optimizer's BERT Attention fusion in fp16, and
+    On the CPU also the raw export dynamically quantized to int8 with the settings of our int8 graphs
+    (the reference a CPU user would pick); on CUDA also what a careful GPU user deploys: the optimizer's BERT Attention fusion in fp16, and
     PyTorch in fp16, eager and (when it works here) ``torch.compile``d. The dense graphs are exported
     once per (model folder, architecture, labels) into ``work_dir``.
     """
     key = hashlib.sha1(f"{os.path.abspath(dense_dir)}|{architecture}|{num_labels}".encode()).hexdigest()[:12]
     folder = os.path.join(work_dir, f"dense-{key}")
-    raw, optimized, half = (os.path.join(folder, name) for name in ("model.onnx", "model_ort.onnx", "model_ort_fp16.onnx"))
+    raw, optimized, half, int8 = (os.path.join(folder, name) for name in (
+        "model.onnx", "model_ort.onnx", "model_ort_fp16.onnx", "model_int8.onnx"))
     cuda = provider == CUDA
-    if not os.path.isfile(optimized) or (cuda and not os.path.isfile(half)):
+    if not os.path.isfile(optimized) or not os.path.isfile(half if cuda else int8):
         _export_dense(dense_dir, architecture, num_labels, folder, fp16=cuda)
     spec = f"{dense_dir}::{architecture}::{num_labels}"
     variants = [Variant(PYTORCH_DENSE, "torch", spec), Variant(ONNX_DENSE_RAW, "onnx", raw),
                 Variant(ONNX_DENSE_ORT, "onnx", optimized)]
     if cuda:
         variants += [Variant(ONNX_DENSE_FP16, "onnx", half), *torch_fp16_variants(spec, "pytorch dense")]
+    else:
+        variants.append(Variant(ONNX_DENSE_INT8, "onnx", int8))
     return variants
 
 
@@ -101,7 +106,11 @@ def _export_dense(dense_dir: str, architecture: str, num_labels: int, folder: st
     optimize = partial(optimize_model, os.path.join(folder, "model.onnx"), model_type="bert",
                        num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=0)
     optimize(use_gpu=False).save_model_to_file(os.path.join(folder, "model_ort.onnx"))
-    if fp16:
+    if not fp16:
+        from .int8 import Int8Options, quantize
+
+        quantize(folder, "model.onnx", "model_int8.onnx", Int8Options())
+    else:
         optimized = optimize(use_gpu=True)
         optimized.convert_float_to_float16(keep_io_types=True)
         optimized.save_model_to_file(os.path.join(folder, "model_ort_fp16.onnx"))
@@ -120,14 +129,15 @@ def _load_dense(dense_dir: str, architecture: str, num_labels: int) -> Any:
 
 
 COMPACT = "compact"  # the "architecture" of a torch variant that loads a compact folder
+_RUNS_ONLY_ON = {FP16: CUDA, INT8: CPU}  # reduced-precision graphs are timed where they are meant to run
 
 
 def compact_variants(export_dir: str, provider: str, label: str, compact_dir: Optional[str] = None) -> list[Variant]:
-    """The graphs an export wrote (the fp16 graph only on CUDA, where it is meant to run) and, given the compact
-    folder it came from, on CUDA the compact model in PyTorch fp16."""
+    """The graphs an export wrote (the fp16 graph only on CUDA, the int8 graph only on the CPU: where each is meant
+    to run) and, given the compact folder it came from, on CUDA the compact model in PyTorch fp16."""
     written = read_export_report(export_dir)["variants"]
     variants = [Variant(f"{label} {name}", "onnx", os.path.join(export_dir, FILE_NAMES[name]), label)
-                for name in written if name != FP16 or provider == CUDA]
+                for name in written if _RUNS_ONLY_ON.get(name, provider) == provider]
     if compact_dir is not None and provider == CUDA:
         variants += torch_fp16_variants(f"{compact_dir}::{COMPACT}::0", f"{label} pytorch", label)
     return variants

@@ -1,4 +1,4 @@
-"""Export a compact model to ONNX: the portable graph, the fused graph, optionally the fp16 GPU graph.
+"""Export a compact model to ONNX: the portable graph, the fused graph, optionally the fp16 GPU and int8 CPU graphs.
 
 Every graph is validated against the PyTorch model before it is kept (see ``validation``); the
 output folder is written in a staging folder and renamed into place, so a failed export leaves no
@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -29,22 +29,27 @@ from . import require_onnx_extras
 require_onnx_extras()  # one clear error before the imports below need optimum
 
 from . import fp16 as half  # noqa: E402
+from . import int8 as int8_module  # noqa: E402
 from .fusion import MHA_OP, fuse_attention  # noqa: E402
-from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, PORTABLE, REPORT_NAME  # noqa: E402
-from .pooling import PooledReference, add_pooling  # noqa: E402
+from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, INT8, PORTABLE, REPORT_NAME  # noqa: E402
+from .pooling import EMBEDDING, PooledReference, add_pooling  # noqa: E402
 from .runtime import CPU, create_session  # noqa: E402
-from .validation import ExportValidationError, max_positions, tokenised_inputs, validate  # noqa: E402
+from .validation import ExportValidationError, agreement, max_positions, tokenised_inputs, validate  # noqa: E402
 
 logger = logging.getLogger("rankdyna_exporters")
 
 
 def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str] = None, tokenizer: Any = None,
            fp16: bool = False, fp16_examples: Optional[Iterable[tuple[str, str]]] = None,
-           opset: Optional[int] = None, pooling: Optional[Pooling] = None) -> dict[str, Any]:
+           opset: Optional[int] = None, pooling: Optional[Pooling] = None, int8: bool = False,
+           int8_examples: Optional[Iterable[tuple[str, str]]] = None,
+           int8_options: Optional[int8_module.Int8Options] = None) -> dict[str, Any]:
     """Export a compact folder (or model) to ``output``; returns the export report.
 
-    ``task`` defaults to the one Optimum infers from the model class. ``fp16_examples`` are the text
-    pairs the fp16 graph is checked on (default: the built-in validation pairs). For
+    ``task`` defaults to the one Optimum infers from the model class. ``fp16_examples`` and
+    ``int8_examples`` are the text pairs (second text ``None`` for single sentences) the fp16 and
+    int8 graphs are checked against the fp32 graph on (default: the built-in validation pairs);
+    ``int8_options`` says what the int8 graph quantizes (default :class:`~.int8.Int8Options()`). For
     ``feature-extraction``, ``pooling`` (by default the one a sentence-transformers folder declares,
     see :func:`peft_rankdyna.pooling.read_pooling`) is appended to every graph as the output
     ``sentence_embedding`` and validated against the PyTorch encoder and pooling.
@@ -74,8 +79,13 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
         _keep(folder, FUSED, reference, tokenizer, report, expected_attention=layers)
         _onnxruntime_fusions(os.path.join(folder, FILE_NAMES[FUSED]), os.path.join(folder, FILE_NAMES[FUSED_ORT]))
         _keep(folder, FUSED_ORT, reference, tokenizer, report, expected_attention=layers)
+        seq_len = min(128, max_positions(model.config))
         if fp16:
-            _keep_fp16(folder, tokenizer, fp16_examples, report, min(128, max_positions(model.config)))
+            _keep_reduced(folder, FP16, _fp16_graph, tokenizer, fp16_examples, report, seq_len)
+        if int8:
+            options = int8_options or int8_module.Int8Options()
+            _keep_reduced(folder, INT8, lambda path: _int8_graph(path, options), tokenizer, int8_examples, report,
+                          seq_len)
         with open(os.path.join(folder, REPORT_NAME), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
 
@@ -142,28 +152,72 @@ def _onnxruntime_fusions(source: str, target: str) -> None:
                    opt_level=0, use_gpu=False).save_model_to_file(target)
 
 
-def _keep_fp16(folder: str, tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]],
-               report: dict[str, Any], seq_len: int) -> None:
+# An output without classes passes when it correlates with the fp32 output, or when it is simply the same:
+# a near-constant output (an untrained regressor, say) has no spread for a correlation to measure.
+SAME_VALUES_ATOL = 1e-3
+
+
+class ReducedGraph(NamedTuple):
+    """What a reduced-precision graph was made from and the bar it must pass against that fp32 graph."""
+
+    source: str  # the fp32 variant it was converted from
+    provider: str  # where it is meant to run, so where it is checked
+    min_agreement: float
+    min_correlation: float
+    settings: dict[str, Any]
+
+
+def _fp16_graph(folder: str) -> ReducedGraph:
+    """Write the fp16 graph; its fp32 source, the provider it runs on, its thresholds and settings."""
     from .runtime import choose_provider
 
-    source, target = (os.path.join(folder, FILE_NAMES[name]) for name in (FUSED_ORT, FP16))
-    half.convert_to_fp16(source, target)
-    provider = choose_provider()
-    fp32_session, fp16_session = create_session(source, provider), create_session(target, provider)
-    names = [i.name for i in fp32_session.get_inputs()]
-    batches = list(_batches(tokenizer, examples, names, seq_len=seq_len))
-    result = half.agreement(fp16_session, fp32_session, batches)
-    result.update(provider=provider, examples_from="given examples" if examples is not None else "built-in pairs")
-    if result["agreement"] is not None and result["agreement"] < half.MIN_AGREEMENT:
+    half.convert_to_fp16(*(os.path.join(folder, FILE_NAMES[name]) for name in (FUSED_ORT, FP16)))
+    return ReducedGraph(FUSED_ORT, choose_provider(), half.MIN_AGREEMENT, half.MIN_CORRELATION,
+                        {"kept_fp32": half.KEEP_FP32})
+
+
+def _int8_graph(folder: str, options: int8_module.Int8Options) -> ReducedGraph:
+    """Write the int8 graph (a CPU graph: onnxruntime's CUDA provider has no MatMulInteger fast path)."""
+    settings = int8_module.quantize(folder, FILE_NAMES[FUSED], FILE_NAMES[INT8], options)
+    return ReducedGraph(FUSED, CPU, int8_module.MIN_AGREEMENT, int8_module.MIN_CORRELATION, settings)
+
+
+def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph], tokenizer: Any,
+                  examples: Optional[Iterable[tuple[str, str]]], report: dict[str, Any], seq_len: int) -> None:
+    """Write a reduced-precision graph with ``write(folder)`` and keep it only if it follows its fp32 graph.
+
+    Classifiers must pick the fp32 graph's class on at least the minimum share of examples; outputs
+    without classes must correlate with the fp32 outputs at least as much as the minimum correlation
+    (or differ from them by at most :data:`SAME_VALUES_ATOL`). An embedding model's pooled
+    ``sentence_embedding`` is the output checked when the graph has one, the first output otherwise.
+    """
+    source, provider, min_agreement, min_correlation, settings = write(folder)
+    target = os.path.join(folder, FILE_NAMES[variant])
+    reference = create_session(os.path.join(folder, FILE_NAMES[source]), provider)
+    candidate = create_session(target, provider)
+    names = [i.name for i in reference.get_inputs()]
+    outputs = [o.name for o in reference.get_outputs()]
+    checked = EMBEDDING if EMBEDDING in outputs else outputs[0]  # an embedding model's product, if pooled
+    result = agreement(candidate, reference, list(_batches(tokenizer, examples, names, seq_len=seq_len)), checked)
+    result.update(provider=provider, against=source,
+                  examples_from="given examples" if examples is not None else "built-in pairs")
+    if result["agreement"] is not None and result["agreement"] < min_agreement:
+        problem = f"predicts the fp32 class on only {result['agreement']:.2%} (need {min_agreement:.1%})"
+    elif result["agreement"] is None and not ((result["correlation"] or 0.0) >= min_correlation
+                                              or result["max_abs_diff"] <= SAME_VALUES_ATOL):
+        problem = f"correlates with the fp32 outputs at only {result['correlation']} (need {min_correlation})"
+    else:
+        problem = None
+    if problem is not None:
         os.remove(target)
-        raise ExportValidationError(f"fp16: predicts the fp32 class on only {result['agreement']:.2%} of "
-                                    f"{result['examples']} examples (need {half.MIN_AGREEMENT:.1%}); max |logit diff| "
-                                    f"{result['max_abs_diff']:.3g}. The fp16 graph was not kept.")
-    report["variants"][FP16] = {"file": FILE_NAMES[FP16], "description": DESCRIPTIONS[FP16], "against_fp32": result,
-                                "ops": op_counts(target)}
-    logger.info("rankdyna export: fp16 graph agrees with fp32 on %s of %d examples (max |diff| %.3g, %s)",
-                "n/a" if result["agreement"] is None else f"{result['agreement']:.2%}", result["examples"],
-                result["max_abs_diff"], provider)
+        raise ExportValidationError(f"{variant}: {problem} of {result['examples']} examples; max |diff| "
+                                    f"{result['max_abs_diff']:.3g}. The {variant} graph was not kept.")
+    report["variants"][variant] = {"file": FILE_NAMES[variant], "description": DESCRIPTIONS[variant],
+                                   "against_fp32": result, "settings": settings, "ops": op_counts(target),
+                                   "file_size_bytes": os.path.getsize(target)}
+    logger.info("rankdyna export: %s graph agrees with fp32 on %s of %d examples (correlation %.4f, max |diff| %.3g, "
+                "%s)", variant, "n/a" if result["agreement"] is None else f"{result['agreement']:.2%}",
+                result["examples"], result["correlation"] or float("nan"), result["max_abs_diff"], provider)
 
 
 def _batches(tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]], names: list[str],

@@ -9,15 +9,16 @@ import json
 import os
 from typing import Any
 
-PORTABLE, FUSED, FUSED_ORT, FP16 = "portable", "fused", "fused_ort", "fp16"
+PORTABLE, FUSED, FUSED_ORT, FP16, INT8 = "portable", "fused", "fused_ort", "fp16", "int8"
 FILE_NAMES = {PORTABLE: "model.onnx", FUSED: "model_fused.onnx", FUSED_ORT: "model_fused_ort.onnx",
-              FP16: "model_fused_fp16.onnx"}
+              FP16: "model_fused_fp16.onnx", INT8: "model_fused_int8.onnx"}
 DESCRIPTIONS = {
     PORTABLE: "Optimum's export of the compact model as it is (standard ONNX ops only)",
     FUSED: "one MultiHeadAttention op per layer fed by the low-rank projections, Q/K/V input projections "
            "merged into one MatMul",
     FUSED_ORT: "the fused graph plus onnxruntime's SkipLayerNorm and BiasGelu fusions",
     FP16: "the fused graph with onnxruntime's fusions in half precision (fp32 inputs/outputs, LayerNorm in fp32)",
+    INT8: "the fused graph dynamically quantized for CPUs (int8 weights, uint8 activations per batch)",
 }
 REPORT_NAME = "rankdyna_export.json"
 

@@ -8,7 +8,7 @@ padded) and raises, naming the output and the difference, when any value is off 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -99,3 +99,30 @@ def validate(session: Any, model: torch.nn.Module, tokenizer: Any, atol: float, 
                 f"real tokenised input at (batch, sequence) {list(shapes)}; the graph was not kept."
             )
     return worst
+
+
+def agreement(candidate: Any, reference: Any, batches: Iterable[dict[str, np.ndarray]],
+              output: str) -> dict[str, Any]:
+    """How closely a reduced-precision graph (fp16, int8) follows its fp32 graph on the output ``output``.
+
+    ``agreement``: the share of examples whose predicted class is the fp32 graph's, for a classifier's
+    ``logits`` (``None`` for every other output: regression scores, hidden states, embeddings);
+    ``correlation``: Pearson over all output values (the check for outputs without classes);
+    ``max_abs_diff``: the largest |difference|.
+    """
+    same, total, worst, has_classes = 0, 0, 0.0, output == "logits"
+    got, want = [], []
+    for feeds in batches:
+        low = candidate.run([output], feeds)[0].astype(np.float32)
+        full = reference.run([output], feeds)[0].astype(np.float32)
+        worst = max(worst, float(np.abs(low - full).max()))
+        has_classes = has_classes and full.ndim == 2 and full.shape[-1] > 1
+        same += int((low.argmax(-1) == full.argmax(-1)).sum()) if has_classes else 0
+        total += full.shape[0]
+        got.append(low.ravel())
+        want.append(full.ravel())
+    values, references = np.concatenate(got), np.concatenate(want)
+    spread = float(values.std() * references.std())
+    correlation = float(np.mean((values - values.mean()) * (references - references.mean())) / spread) if spread else None
+    return {"examples": total, "output": output, "agreement": same / total if has_classes and total else None,
+            "correlation": correlation, "max_abs_diff": worst}

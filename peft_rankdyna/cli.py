@@ -207,11 +207,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a compact folder to ONNX (portable and fused graphs, optionally fp16), validated",
+        help="export a compact folder to ONNX (portable and fused graphs, optionally fp16 and int8), validated",
         description="Export a compact model folder with Optimum: model.onnx (portable), model_fused.onnx (one fused "
         "attention op per layer over the low-rank projections) and model_fused_ort.onnx (plus onnxruntime's "
-        "LayerNorm/Gelu fusions); --fp16 adds model_fused_fp16.onnx for GPUs. Every graph is checked against "
-        "PyTorch on real tokenised text (max |diff| <= 1e-4) and the export fails, naming the output, if not.",
+        "LayerNorm/Gelu fusions); --fp16 adds model_fused_fp16.onnx for GPUs, --int8 model_fused_int8.onnx for "
+        "CPUs. Every fp32 graph is checked against PyTorch on real tokenised text (max |diff| <= 1e-4), every "
+        "reduced-precision graph against its fp32 graph, and the export fails, naming the output, if not.",
     )
     parser.add_argument("directory", help="compact model folder (rankdyna compress/merge output)")
     parser.add_argument("output", help="folder for the ONNX graphs, config, tokenizer and rankdyna_export.json")
@@ -219,25 +220,49 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp16", action="store_true", help="also write the half-precision GPU graph")
     parser.add_argument("--fp16-check-task", default=None,
                         help="GLUE task whose dev set the fp16 graph is checked on (default: built-in sentence pairs)")
-    parser.add_argument("--glue-dir", default=None, help="GLUE root for --fp16-check-task (default $GLUE_DIR)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write the dynamically quantized CPU graph (through Optimum's ORTQuantizer)")
+    parser.add_argument("--int8-check-task", default=None,
+                        help="GLUE task whose dev set the int8 graph is checked on (default: built-in sentence pairs)")
+    parser.add_argument("--int8-keep-embeddings", action="store_true",
+                        help="leave the embedding tables in fp32 (default: 8-bit, about 4x smaller)")
+    parser.add_argument("--int8-per-tensor", action="store_true",
+                        help="one weight scale per matrix instead of one per output channel")
+    parser.add_argument("--glue-dir", default=None, help="GLUE root for the check tasks (default $GLUE_DIR)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
     parser.set_defaults(run=_run_export)
 
 
+def _dev_examples(task_name: Optional[str], glue_dir: Optional[str]) -> Optional[list[tuple[str, Optional[str]]]]:
+    """A GLUE task's dev texts as (text, second text or None) pairs; None without a task."""
+    if not task_name:
+        return None
+    from .data.glue import get_task, load_glue
+
+    columns = load_glue(get_task(task_name), "dev", glue_dir).texts
+    return list(zip(columns[0], columns[1] if len(columns) > 1 else [None] * len(columns[0])))
+
+
 def _run_export(args: argparse.Namespace) -> None:
     from rankdyna_exporters.export import FILE_NAMES, export
+    from rankdyna_exporters.int8 import Int8Options
 
-    examples = None
-    if args.fp16_check_task:
-        from .data.glue import get_task, load_glue
-
-        columns = load_glue(get_task(args.fp16_check_task), "dev", args.glue_dir).texts
-        examples = list(zip(columns[0], columns[1] if len(columns) > 1 else [None] * len(columns[0])))
+    for flag, used in (("fp16", args.fp16_check_task), ("int8", args.int8_check_task or args.int8_keep_embeddings
+                                                           or args.int8_per_tensor)):
+        if used and not getattr(args, flag):
+            raise ValueError(f"The --{flag}-* options shape the {flag} graph; add --{flag} to write it.")
+    fp16_examples = _dev_examples(args.fp16_check_task, args.glue_dir)
+    int8_examples = _dev_examples(args.int8_check_task, args.glue_dir)
+    options = Int8Options(embeddings=not args.int8_keep_embeddings, per_channel=not args.int8_per_tensor)
     _log_progress()
-    report = export(args.directory, args.output, task=args.task, fp16=args.fp16, fp16_examples=examples,
-                    opset=args.opset)
+    report = export(args.directory, args.output, task=args.task, fp16=args.fp16, fp16_examples=fp16_examples,
+                    opset=args.opset, int8=args.int8, int8_examples=int8_examples, int8_options=options)
     for name, variant in report["variants"].items():
         print(f"{FILE_NAMES[name]:24s} {variant['description']}")
+        check = variant.get("against_fp32")
+        if check is not None:
+            shown = "n/a" if check["agreement"] is None else f"{check['agreement']:.2%}"
+            print(f"{'':24s} agrees with fp32 on {shown} of {check['examples']} examples ({check['examples_from']})")
     print(f"written to {args.output} (details in rankdyna_export.json)")
 
 

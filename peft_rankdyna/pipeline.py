@@ -137,8 +137,8 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     """
     start = time.perf_counter()
     set_seed(settings.seed)
-    train_split, dev_split, task = settings.splits()  # bad files fail here, before any model is loaded
-    config = checked_config(settings)
+    config = checked_config(settings)  # cheap checks first, then the data: all before any model is loaded
+    train_split, dev_split, task = settings.splits()
     tokenizer = load_tokenizer(settings.model)
     train = GlueDataset(tokenizer, train_split, settings.max_seq_length, settings.max_train_samples)
     dev = GlueDataset(tokenizer, dev_split, settings.max_seq_length, settings.max_eval_samples)
@@ -196,6 +196,9 @@ def checked_config(settings: CompressSettings) -> Optional[RankDynaConfig]:
     if settings.finetuned_model is not None and (config is not None or settings.budget is None):
         raise ValueError("`finetuned_model` replaces the first round of the two-round baselines; "
                          "use it with method 'svd' or 'fwsvd' and a budget.")
+    for folder in (settings.model, settings.finetuned_model):
+        if folder is not None:
+            require_model_folder(folder)
     return config
 
 

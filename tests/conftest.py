@@ -57,6 +57,13 @@ def minilm_path() -> str:
     return module.get_model_path()
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_glue_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see GLUE data only through the ``glue_dir`` fixture, so a developer's ``$GLUE_DIR``
+    cannot make a test pass here that fails on CI, where the variable is not set."""
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+
+
 @pytest.fixture
 def glue_dir() -> str:
     """The real GLUE folder (``$GLUE_DIR`` or ``../shared/data/glue``); skips when absent."""

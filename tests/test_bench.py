@@ -7,8 +7,11 @@ from conftest import tiny_compact_folder, tiny_model
 
 pytest.importorskip("optimum.exporters.onnx", reason="pip install 'peft-rankdyna[onnx]'")
 
+import onnx  # noqa: E402
+
 from rankdyna_exporters import runtime  # noqa: E402
 from rankdyna_exporters.bench import (  # noqa: E402
+    ONNX_DENSE_INT8,
     ONNX_DENSE_ORT,
     ONNX_DENSE_RAW,
     PYTORCH_DENSE,
@@ -46,15 +49,17 @@ def test_choice_is_the_fastest_graph_of_the_export_and_says_why():
 def test_benchmark_runs_on_a_tiny_model(tmp_path):
     from rankdyna_exporters.export import export
 
-    export(tiny_compact_folder(str(tmp_path / "compact")), tmp_path / "onnx")
+    export(tiny_compact_folder(str(tmp_path / "compact")), tmp_path / "onnx", int8=True)
     tiny_model().save_pretrained(tmp_path / "dense")
     settings = BenchSettings(batch_sizes=(1, 2), seq_lens=(16,), rounds=1, runs_per_round=3, warmup=1, threads=1)
     results = benchmark([str(tmp_path / "onnx")], str(tmp_path / "dense"), settings, str(tmp_path / "lat"),
                         "rankdyna bench ...", str(tmp_path / "work"), choose_shape=(2, 16))
     rows = results["rows"]
-    assert {r["variant"] for r in rows} == {PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT, "onnx portable",
-                                           "onnx fused", "onnx fused_ort"}
-    assert all(r["runs"] == 3 and r["median_ms"] > 0 for r in rows) and len(rows) == 12
+    assert {r["variant"] for r in rows} == {PYTORCH_DENSE, ONNX_DENSE_RAW, ONNX_DENSE_ORT, ONNX_DENSE_INT8,
+                                           "onnx portable", "onnx fused", "onnx fused_ort", "onnx int8"}
+    assert all(r["runs"] == 3 and r["median_ms"] > 0 for r in rows) and len(rows) == 16
+    dense_int8 = onnx.load(str(next((tmp_path / "work").glob("dense-*/model_int8.onnx"))), load_external_data=False)
+    assert "MatMulInteger" in {node.op_type for node in dense_int8.graph.node}
     assert min(r["latency_ratio"] for r in rows if r["variant"].startswith("onnx dense")) == 1.0
     chosen = json.loads((tmp_path / "onnx" / "rankdyna_export.json").read_text())["chosen"]["CPUExecutionProvider"]
     assert chosen["file"].endswith(".onnx") and chosen["shape"] == [2, 16]

@@ -1,0 +1,124 @@
+"""The int8 CPU graph: quantized through Optimum, checked against the fp32 graph, refused when it strays."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import tiny_compact_folder
+
+pytest.importorskip("optimum.onnxruntime", reason="pip install 'peft-rankdyna[onnx]'")
+
+from rankdyna_exporters import int8 as int8_module  # noqa: E402
+from rankdyna_exporters.export import FILE_NAMES, FUSED, INT8, export  # noqa: E402
+from rankdyna_exporters.int8 import Int8Options  # noqa: E402
+from rankdyna_exporters.validation import ExportValidationError, agreement  # noqa: E402
+
+
+def _ops(path):
+    return [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+@pytest.mark.parametrize("embeddings", [True, False])
+def test_int8_graph_quantizes_every_projection_and_follows_the_fp32_graph(tmp_path, embeddings):
+    folder = tiny_compact_folder(str(tmp_path / "compact"), budget=0.6)
+    report = export(folder, tmp_path / "onnx", int8=True, int8_options=Int8Options(embeddings=embeddings))
+    variant = report["variants"][INT8]
+    ops = _ops(tmp_path / "onnx" / FILE_NAMES[INT8])
+    fused = _ops(tmp_path / "onnx" / FILE_NAMES[FUSED])
+    weight_products = fused.count("MatMul") + fused.count("Gemm")  # Gemm: the pooler and the classifier
+    assert ops.count("MatMulInteger") == weight_products > 0 and "MatMul" not in ops and "Gemm" not in ops
+    assert ops.count("MultiHeadAttention") == 2  # the fused attention stays, fed by quantized projections
+    assert ("DequantizeLinear" in ops) == embeddings  # 8-bit embedding tables are dequantized on lookup
+    check = variant["against_fp32"]
+    assert check["against"] == FUSED and check["provider"] == "CPUExecutionProvider"
+    assert check["agreement"] >= int8_module.MIN_AGREEMENT and check["correlation"] > 0.99
+    assert check["output"] == "logits"
+    assert variant["settings"]["operators"] == (["MatMul", "Gather"] if embeddings else ["MatMul"])
+    graph = onnx.load(str(tmp_path / "onnx" / FILE_NAMES[INT8])).graph
+    stored = {init.name: init.data_type for init in graph.initializer}
+    weights = [node.input[1] for node in graph.node if node.op_type == "MatMulInteger"]
+    assert {stored.get(name) for name in weights} == {onnx.TensorProto.INT8}  # weights stored in 8 bits
+    assert variant["file_size_bytes"] == (tmp_path / "onnx" / FILE_NAMES[INT8]).stat().st_size
+    saved = json.loads((tmp_path / "onnx" / "rankdyna_export.json").read_text())
+    assert saved["variants"][INT8]["settings"]["per_channel"] is True
+
+
+@pytest.mark.parametrize("num_labels, problem", [(2, "predicts the fp32 class on only"),
+                                                 (1, "correlates with the fp32 outputs at only")])
+def test_an_int8_graph_that_strays_from_fp32_is_refused_and_nothing_is_written(tmp_path, monkeypatch, num_labels,
+                                                                                problem):
+    from onnx import numpy_helper
+
+    def negated_classifier(folder, source_name, target_name, options):  # a graph whose logits are negated
+        model = onnx.load(f"{folder}/{source_name}")
+        classifier = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+        for init in model.graph.initializer:
+            if init.name in classifier.input[1:]:
+                init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+        onnx.save(model, f"{folder}/{target_name}")
+        return {"operators": options.operators}
+
+    monkeypatch.setattr(int8_module, "quantize", negated_classifier)
+    folder = tiny_compact_folder(str(tmp_path / "compact"), num_labels=num_labels)  # 1 label: a regressor
+    examples = [(f"w{i} w{i + 1} w{i + 2}", f"w{90 - i} w{3 * i % 90}") for i in range(64)]
+    with pytest.raises(ExportValidationError, match=rf"int8: {problem} .* of 64 examples"):
+        export(folder, tmp_path / "onnx", int8=True, int8_examples=examples)
+    assert not (tmp_path / "onnx").exists()
+
+
+class _Fixed:
+    """A stand-in session whose first output is a fixed array."""
+
+    def __init__(self, output):
+        self.output = np.asarray(output, dtype=np.float32)
+
+    def run(self, names, feeds):
+        assert names in (["logits"], ["score"])
+        return [self.output]
+
+
+def test_agreement_counts_classes_and_correlates_outputs_without_classes():
+    reference = _Fixed([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.2, 0.1]])
+    flipped = _Fixed([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.1, 0.2]])
+    result = agreement(flipped, reference, [{}], "logits")
+    assert result["agreement"] == 0.75 and result["examples"] == 4
+    assert result["max_abs_diff"] == pytest.approx(0.1)
+    scores = _Fixed([[0.5], [1.5], [-0.5]])
+    result = agreement(_Fixed([[0.6], [1.4], [-0.4]]), scores, [{}, {}], "score")
+    assert result["agreement"] is None and result["examples"] == 6
+    assert result["correlation"] == pytest.approx(np.corrcoef([0.6, 1.4, -0.4], [0.5, 1.5, -0.5])[0, 1])
+    assert agreement(_Fixed([[0.5], [-1.5], [0.5]]), scores, [{}], "score")["correlation"] < 0
+    assert agreement(flipped, reference, [{}], "score")["agreement"] is None  # only logits have classes
+
+
+def test_cli_int8_checks_on_a_glue_dev_set_and_its_options_need_the_flag(tmp_path, capsys, glue_dir):
+    from peft_rankdyna.cli import main
+
+    folder = tiny_compact_folder(str(tmp_path / "compact"))
+    assert main(["export", folder, str(tmp_path / "onnx"), "--int8", "--int8-check-task", "mrpc",
+                 "--glue-dir", glue_dir]) == 0
+    out = capsys.readouterr().out
+    assert "model_fused_int8.onnx" in out and "of 408 examples (given examples)" in out
+    assert main(["export", folder, str(tmp_path / "o2"), "--int8-per-tensor"]) == 2
+    assert "add --int8" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_real_minilm_int8_embedding_model_follows_the_fp32_graph(tmp_path):
+    from conftest import minilm_path
+    from transformers import AutoModel, AutoTokenizer
+
+    from peft_rankdyna.baselines import factor_model
+    from peft_rankdyna.pooling import copy_pooling_files
+
+    path = minilm_path()
+    compact = factor_model(AutoModel.from_pretrained(path), 0.5).eval()
+    compact.save_pretrained(tmp_path / "compact", tokenizer=AutoTokenizer.from_pretrained(path),
+                            extra_files=lambda folder: copy_pooling_files(path, folder))
+    report = export(str(tmp_path / "compact"), tmp_path / "onnx", int8=True)  # pooled: sentence_embedding checked
+    check = report["variants"][INT8]["against_fp32"]
+    assert check["output"] == "sentence_embedding" and check["agreement"] is None
+    assert check["correlation"] >= int8_module.MIN_CORRELATION
+    fused_size = (tmp_path / "onnx" / FILE_NAMES[FUSED]).stat().st_size
+    assert report["variants"][INT8]["file_size_bytes"] < 0.3 * fused_size  # weights and embeddings in 8 bits
