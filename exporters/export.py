@@ -179,7 +179,7 @@ def _fp16_graph(folder: str) -> ReducedGraph:
 def _int8_graph(folder: str, options: int8_module.Int8Options) -> ReducedGraph:
     """Write the int8 graph (a CPU graph: onnxruntime's CUDA provider has no MatMulInteger fast path)."""
     settings = int8_module.quantize(folder, FILE_NAMES[FUSED], FILE_NAMES[INT8], options)
-    return ReducedGraph(FUSED, CPU, int8_module.MIN_AGREEMENT, int8_module.MIN_CORRELATION, settings)
+    return ReducedGraph(FUSED, CPU, options.min_agreement, int8_module.MIN_CORRELATION, settings)
 
 
 def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph], tokenizer: Any,

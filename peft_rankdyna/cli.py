@@ -180,6 +180,59 @@ def _run_merge(args: argparse.Namespace) -> None:
     print(f"compact model written to {args.output}")
 
 
+def _add_trim_vocab(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "trim-vocab",
+        help="keep only the word embeddings of the tokens a task's text uses (a smaller deployed model)",
+        description="Cut a compact folder's vocabulary to the tokens its tokenizer produces on the task's training "
+        "text (plus the special tokens): the word-embedding rows of the rest are dropped and the tokenizer is "
+        "rewritten to the kept vocabulary (WordPiece tokenizers only). The training text is tokenized exactly as "
+        "before; unseen words may split differently or become [UNK], so score the result with "
+        "`rankdyna evaluate`. Writes vocabulary.json with the counts.",
+    )
+    parser.add_argument("directory", help="compact model folder with its tokenizer")
+    parser.add_argument("output", help="compact model folder to write")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="GLUE task whose training text decides the vocabulary")
+    source.add_argument("--texts", help="a .txt file (one text per line) or a CSV/TSV/JSON-lines file")
+    parser.add_argument("--text-columns", nargs="+", default=None, help="columns of --texts holding the text")
+    parser.add_argument("--glue-dir", default=None, help="GLUE root for --task (default $GLUE_DIR)")
+    parser.set_defaults(run=_run_trim_vocab)
+
+
+def _run_trim_vocab(args: argparse.Namespace) -> None:
+    import json
+    import os
+
+    from .compact import AutoCompactModel
+    from .loading import load_tokenizer, require_model_folder
+    from .pooling import copy_pooling_files
+    from .vocab import trim_vocabulary
+
+    require_model_folder(args.directory)
+    if args.task:
+        from .data.glue import get_task, load_glue
+
+        texts = [text for column in load_glue(get_task(args.task), "train", args.glue_dir).texts for text in column]
+    else:
+        from .data.files import read_texts
+
+        texts = [text for column in (args.text_columns or [None]) for text in read_texts(args.texts, column)]
+    model, tokenizer = AutoCompactModel.from_pretrained(args.directory), load_tokenizer(args.directory)
+    tokenizer, stats = trim_vocabulary(model, tokenizer, texts)
+    stats["texts"] = {"task": args.task, "file": args.texts, "count": len(texts)}
+
+    def extra_files(folder: str) -> None:
+        copy_pooling_files(args.directory, folder)
+        with open(os.path.join(folder, "vocabulary.json"), "w", encoding="utf-8") as handle:
+            json.dump(stats, handle, indent=1)
+
+    model.save_pretrained(args.output, tokenizer=tokenizer, extra_files=extra_files)
+    print(f"vocabulary {stats['vocab_before']:,} -> {stats['vocab_after']:,} tokens, word embeddings "
+          f"{stats['embedding_params_before']:,} -> {stats['embedding_params_after']:,} parameters; "
+          f"written to {args.output}")
+
+
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -228,6 +281,12 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                         help="leave the embedding tables in fp32 (default: 8-bit, about 4x smaller)")
     parser.add_argument("--int8-per-tensor", action="store_true",
                         help="one weight scale per matrix instead of one per output channel")
+    parser.add_argument("--int8-min-rank", type=int, default=0,
+                        help="keep weight products with a side shorter than this (narrow factors) in fp32 (default 0: "
+                        "quantize all)")
+    parser.add_argument("--int8-min-agreement", type=float, default=None,
+                        help="share of examples on which the int8 graph must predict the fp32 graph's class "
+                        "(default 0.95)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root for the check tasks (default $GLUE_DIR)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
     parser.set_defaults(run=_run_export)
@@ -247,13 +306,16 @@ def _run_export(args: argparse.Namespace) -> None:
     from rankdyna_exporters.export import FILE_NAMES, export
     from rankdyna_exporters.int8 import Int8Options
 
-    for flag, used in (("fp16", args.fp16_check_task), ("int8", args.int8_check_task or args.int8_keep_embeddings
-                                                           or args.int8_per_tensor)):
+    int8_shaped = (args.int8_check_task or args.int8_keep_embeddings or args.int8_per_tensor or args.int8_min_rank
+                   or args.int8_min_agreement is not None)
+    for flag, used in (("fp16", args.fp16_check_task), ("int8", int8_shaped)):
         if used and not getattr(args, flag):
             raise ValueError(f"The --{flag}-* options shape the {flag} graph; add --{flag} to write it.")
     fp16_examples = _dev_examples(args.fp16_check_task, args.glue_dir)
     int8_examples = _dev_examples(args.int8_check_task, args.glue_dir)
-    options = Int8Options(embeddings=not args.int8_keep_embeddings, per_channel=not args.int8_per_tensor)
+    options = Int8Options(embeddings=not args.int8_keep_embeddings, per_channel=not args.int8_per_tensor,
+                          min_rank=args.int8_min_rank,
+                          **({} if args.int8_min_agreement is None else {"min_agreement": args.int8_min_agreement}))
     _log_progress()
     report = export(args.directory, args.output, task=args.task, fp16=args.fp16, fp16_examples=fp16_examples,
                     opset=args.opset, int8=args.int8, int8_examples=int8_examples, int8_options=options)
@@ -328,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(subparsers)
     _add_merge(subparsers)
     _add_evaluate(subparsers)
+    _add_trim_vocab(subparsers)
     _add_export(subparsers)
     _add_bench(subparsers)
     return parser

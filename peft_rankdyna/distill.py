@@ -14,7 +14,7 @@ import json
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from transformers import AutoModel, Trainer
 
 from .baselines import factor_model
 from .config import RankDynaConfig
-from .data.files import read_table
+from .data.files import read_texts
 from .io import atomic_write_text
 from .loading import load_tokenizer, require_model_folder
 from .pipeline import CompressSettings, save_compact, save_rankdyna, training_arguments, training_device
@@ -33,32 +33,6 @@ from .report import model_parameters
 from .trainer import RankDynaTrainer
 
 HELD_OUT = 0.05  # share of the texts kept for validation when no validation texts are given
-
-
-def read_texts(path: str, column: Optional[str] = None) -> list[str]:
-    """Texts from a plain text file (one per line) or from a column of a CSV/TSV/JSON-lines file.
-
-    Without ``column``, every text column inferred as for labelled data (``sentence1``/``sentence2``,
-    ``sentence``, ``text``, ...) gives its texts. Empty texts are dropped; none left is an error.
-    """
-    if path.endswith(".txt"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Text file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            texts = [line.strip() for line in handle]
-    else:
-        table = read_table(path)
-        columns = [column] if column else [c for c in ("sentence1", "sentence2", "sentence", "text")
-                                           if c in table.columns]
-        missing = [c for c in columns if c not in table.columns]
-        if missing or not columns:
-            raise ValueError(f"{path}: no text column {missing[0] if missing else ''!r} (columns: "
-                             f"{', '.join(table.columns)}); name it with --text-columns.")
-        texts = [row[c].strip() for c in columns for row in table.rows]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ValueError(f"{path}: no non-empty text to learn from.")
-    return texts
 
 
 @torch.no_grad()

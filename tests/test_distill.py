@@ -8,7 +8,8 @@ import torch
 
 from peft_rankdyna.cli import main
 from peft_rankdyna.compact import AutoCompactModel
-from peft_rankdyna.distill import embed, read_texts
+from peft_rankdyna.data.files import read_texts
+from peft_rankdyna.distill import embed
 from peft_rankdyna.pooling import Pooling, pool, read_pooling
 
 TEXTS = [f"the {a} {b} was {c} today" for a in ("cat", "dog", "man", "film") for b in ("in", "on")

@@ -181,3 +181,28 @@ def label_maps(task: GlueTask) -> dict[str, Any]:
     if task.labels is None:
         return {}
     return {"id2label": dict(enumerate(task.labels)), "label2id": {name: i for i, name in enumerate(task.labels)}}
+
+
+def read_texts(path: str, column: Optional[str] = None) -> list[str]:
+    """Texts from a plain text file (one per line) or from a column of a CSV/TSV/JSON-lines file.
+
+    Without ``column``, every text column inferred as for labelled data (``sentence1``/``sentence2``,
+    ``sentence``, ``text``, ...) gives its texts. Empty texts are dropped; none left is an error.
+    """
+    if path.endswith(".txt"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Text file not found: {path}")
+        with open(path, encoding="utf-8") as handle:
+            texts = [line.strip() for line in handle]
+    else:
+        table = read_table(path)
+        columns = [column] if column else [c for c in (*PAIR_NAMES, *SINGLE_NAMES) if c in table.columns]
+        missing = [c for c in columns if c not in table.columns]
+        if missing or not columns:
+            raise ValueError(f"{path}: no text column {missing[0] if missing else ''!r} (columns: "
+                             f"{', '.join(table.columns)}); name it with --text-columns.")
+        texts = [row[c].strip() for c in columns for row in table.rows]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError(f"{path}: no non-empty text to learn from.")
+    return texts
