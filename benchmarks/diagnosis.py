@@ -296,6 +296,7 @@ def adapter_scores(adapter_dir: str) -> tuple[dict[str, torch.Tensor], dict[str,
 def check_allocation(args: argparse.Namespace) -> dict[str, Any]:
     """Greedy against exact allocation of a saved adapter's final scores at ``args.budget``."""
     from peft_rankdyna.allocator import allocate
+    from peft_rankdyna.io import portable_command
 
     scores, shapes = adapter_scores(args.adapter)
     budget = int(args.budget * sum(o * i for o, i in shapes.values()))
@@ -304,7 +305,10 @@ def check_allocation(args: argparse.Namespace) -> dict[str, Any]:
     exact, exact_value = exact_allocation(scores, shapes, budget)
     record = {"adapter": os.path.basename(os.path.normpath(args.adapter)), "budget": args.budget,
               "greedy_ranks": greedy.ranks, "exact_ranks": exact, "greedy_value": greedy_value,
-              "exact_value": exact_value, "gap": 1 - greedy_value / exact_value if exact_value else 0.0}
+              "exact_value": exact_value, "gap": 1 - greedy_value / exact_value if exact_value else 0.0,
+              "matrices_that_differ": sorted(n for n in exact if exact[n] != greedy.ranks[n]),
+              "command": "python " + portable_command(sys.argv, {
+                  os.path.dirname(os.path.dirname(os.path.normpath(args.adapter))): "$RUNS"})}
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1)
     print(f"greedy keeps {greedy_value:.4e} of score, the exact optimum {exact_value:.4e} "

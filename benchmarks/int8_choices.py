@@ -23,17 +23,16 @@ import random
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from peft_rankdyna.cli import main as rankdyna
-from peft_rankdyna.data.glue import compute_metrics, get_task, load_glue
 from peft_rankdyna.io import atomic_write_text, portable_command
 from rankdyna_exporters.int8 import MIN_AGREEMENT, Int8Options, quantize
 from rankdyna_exporters.runtime import create_session
-from rankdyna_exporters.validation import agreement, max_positions
+from rankdyna_exporters.scoring import dev_batches, dev_metrics, longest_input
+from rankdyna_exporters.validation import agreement
 
 CANDIDATES = {
     "all products and embeddings, per channel": Int8Options(),
@@ -44,23 +43,6 @@ CANDIDATES = {
     "factors narrower than 128 and embeddings in fp32": Int8Options(embeddings=False, min_rank=128),
 }
 FP32 = "fp32 fused graph (reference)"
-
-
-def dev_batches(tokenizer: Any, task_name: str, glue_dir: str, names: list[str], max_length: int,
-                batch_size: int = 32) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """The dev set tokenized as the graphs take it (padded per batch, at most ``max_length`` tokens), and its labels."""
-    split = load_glue(get_task(task_name), "dev", glue_dir)
-    batches = []
-    for start in range(0, len(split.labels), batch_size):
-        columns = [column[start:start + batch_size] for column in split.texts]
-        encoded = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        batches.append({name: encoded[name].astype(np.int64) for name in names})
-    return batches, np.asarray(split.labels)
-
-
-def score(session: Any, batches: list[dict[str, np.ndarray]], labels: np.ndarray, task_name: str) -> dict[str, float]:
-    logits = np.concatenate([session.run(["logits"], feeds)[0] for feeds in batches])
-    return compute_metrics(get_task(task_name), logits, labels)
 
 
 def latencies(paths: dict[str, str], rounds: int = 5, runs: int = 10) -> dict[str, float]:
@@ -108,11 +90,10 @@ def measure_folder(source: str, dense: bool, args: argparse.Namespace) -> list[d
     label, folder, graph = exported(source, dense, args.work_dir)
     reference = create_session(os.path.join(folder, graph))
     names = [i.name for i in reference.get_inputs()]
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-        length = min(128, max_positions(SimpleNamespace(**json.load(handle))))
-    batches, labels = dev_batches(AutoTokenizer.from_pretrained(folder), args.task, args.glue_dir, names, length)
+    batches, labels = dev_batches(AutoTokenizer.from_pretrained(folder), args.task, args.glue_dir, names,
+                                  longest_input(folder))
     paths = {FP32: os.path.join(folder, graph)}
-    rows = [{"model": label, "candidate": FP32, "metrics": score(reference, batches, labels, args.task),
+    rows = [{"model": label, "candidate": FP32, "metrics": dev_metrics(reference, batches, labels, args.task),
              "agreement": 1.0, "file_mib": os.path.getsize(paths[FP32]) / 2**20}]
     candidates = {name: options for name, options in CANDIDATES.items() if not (dense and options.min_rank)}
     for index, (name, options) in enumerate(candidates.items()):
@@ -121,7 +102,7 @@ def measure_folder(source: str, dense: bool, args: argparse.Namespace) -> list[d
         session = create_session(paths[name])
         check = agreement(session, reference, batches, "logits")
         rows.append({"model": label, "candidate": name, "settings": settings,
-                     "metrics": score(session, batches, labels, args.task), "agreement": check["agreement"],
+                     "metrics": dev_metrics(session, batches, labels, args.task), "agreement": check["agreement"],
                      "max_abs_diff": check["max_abs_diff"], "file_mib": os.path.getsize(paths[name]) / 2**20})
         print(f"{label}: {name}: agreement {check['agreement']:.4f}", flush=True)
     if args.time:

@@ -1,0 +1,43 @@
+"""Task metrics of an exported classifier graph on a GLUE dev set, as onnxruntime computes them.
+
+Used to measure what a graph variant (int8, a trimmed vocabulary) costs in accuracy, beside what
+``rankdyna evaluate`` measures for the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import numpy as np
+
+from peft_rankdyna.data.glue import compute_metrics, get_task, load_glue
+
+from .validation import max_positions
+
+
+def longest_input(folder: str, limit: int = 128) -> int:
+    """``limit``, or fewer tokens where the model in ``folder`` has fewer positions."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        return min(limit, max_positions(SimpleNamespace(**json.load(handle))))
+
+
+def dev_batches(tokenizer: Any, task_name: str, glue_dir: Optional[str], input_names: list[str], max_length: int,
+                batch_size: int = 32) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """The task's dev set tokenized as the graphs take it (padded per batch, truncated), and its labels."""
+    split = load_glue(get_task(task_name), "dev", glue_dir)
+    batches = []
+    for start in range(0, len(split.labels), batch_size):
+        columns = [column[start:start + batch_size] for column in split.texts]
+        encoded = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        batches.append({name: encoded[name].astype(np.int64) for name in input_names})
+    return batches, np.asarray(split.labels)
+
+
+def dev_metrics(session: Any, batches: list[dict[str, np.ndarray]], labels: np.ndarray,
+                task_name: str) -> dict[str, float]:
+    """The task's dev metrics of the graph behind ``session`` (its ``logits`` output) on ``batches``."""
+    logits = np.concatenate([session.run(["logits"], feeds)[0] for feeds in batches])
+    return compute_metrics(get_task(task_name), logits, labels)

@@ -1,0 +1,42 @@
+"""benchmarks/deploy_cpu.py: a smoke run on tiny models laid out as the GLUE grid leaves them."""
+
+import json
+
+import pytest
+from conftest import TINY_CONFIGS, load_benchmark, tiny_compact_folder, tiny_tokenizer
+
+pytest.importorskip("optimum.onnxruntime", reason="pip install 'peft-rankdyna[onnx]'")
+
+
+def test_deploy_benchmark_scores_times_and_plots_every_graph(tmp_path, monkeypatch, glue_dir):
+    from transformers import BertForSequenceClassification
+
+    deploy = load_benchmark("deploy_cpu")
+    config = TINY_CONFIGS["bert"]()
+    config.max_position_embeddings = 128  # the benchmark times sequences of 128
+    runs = tmp_path / "runs"
+    dense = runs / "mrpc-dense-dense-s42-lr5e-05" / "finetuned"
+    BertForSequenceClassification(config).save_pretrained(dense)
+    tiny_tokenizer(str(dense))
+    tiny_compact_folder(str(runs / "mrpc-rankdyna-0.5-s42-lr5e-05" / "compact"),
+                        model=BertForSequenceClassification(config))
+    monkeypatch.setattr("sys.argv", ["deploy_cpu.py", "--runs", str(runs), "--tasks", "mrpc", "--seeds", "42",
+                                     "--budgets", "0.5", "--glue-dir", glue_dir, "--rounds", "1",
+                                     "--int8-min-agreement", "0.5", "--out", str(tmp_path / "d"),
+                                     "--work-dir", str(tmp_path / "work")])
+    deploy.main()
+    result = json.loads((tmp_path / "d.json").read_text())
+    graphs = {row["graph"] for row in result["table"]}
+    assert graphs == {"dense fp32", "dense int8", "RankDyna 0.5 fp32", "RankDyna 0.5 int8",
+                      "RankDyna 0.5 int8, trimmed vocab"}
+    for row in result["table"]:
+        assert set(row["median_ms"]) == {"1", "8", "32"} and all(v > 0 for v in row["median_ms"].values())
+        assert 0 <= row["metrics"]["accuracy"] <= 1 and row["file_mib"] > 0
+    by_graph = {row["graph"]: row for row in result["table"]}
+    assert by_graph["dense int8"]["vs_dense_int8_b8"] == 1.0
+    assert by_graph["RankDyna 0.5 int8, trimmed vocab"]["file_mib"] < by_graph["RankDyna 0.5 int8"]["file_mib"]
+    assert (tmp_path / "d.png").stat().st_size > 0 and "$RUNS" in (tmp_path / "d.md").read_text()
+    with pytest.raises(SystemExit, match="Run the grid first"):
+        monkeypatch.setattr("sys.argv", ["deploy_cpu.py", "--runs", str(runs), "--tasks", "mrpc", "--seeds", "43",
+                                         "--glue-dir", glue_dir, "--out", str(tmp_path / "e")])
+        deploy.main()
