@@ -26,33 +26,29 @@ import torch
 
 def used_token_ids(tokenizer: Any, texts: Iterable[str], batch_size: int = 1024) -> list[int]:
     """The sorted ids of every token ``tokenizer`` produces on ``texts``, and of its special tokens."""
-    used = set(tokenizer.all_special_ids)
-    batch: list[str] = []
-    for text in [*texts, None]:
-        if text is not None:
-            batch.append(text)
-        if batch and (text is None or len(batch) == batch_size):
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                used.update(ids)
-            batch = []
+    used, texts = set(tokenizer.all_special_ids), list(texts)
+    for start in range(0, len(texts), batch_size):
+        for ids in tokenizer(texts[start:start + batch_size], add_special_tokens=False)["input_ids"]:
+            used.update(ids)
     return sorted(used)
 
 
 def trim_vocabulary(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str]) -> tuple[Any, dict[str, Any]]:
     """Keep the word embeddings of the tokens ``texts`` use; the new tokenizer and what was kept.
 
-    ``model`` is changed in place (its input embeddings and ``config.vocab_size``/``pad_token_id``);
-    the returned tokenizer maps the kept tokens to the new ids and everything else to ``[UNK]``.
+    ``model`` is changed in place (its input embeddings and ``config.vocab_size``/``pad_token_id``),
+    after the new tokenizer has been checked to tokenize ``texts`` as the old one did; the returned
+    tokenizer maps the kept tokens to the new ids and everything else to ``[UNK]``.
     """
     if model.get_output_embeddings() is not None:
         raise ValueError("The model has output embeddings (a language-model head); trimming the vocabulary "
                          "is for encoders with a task head.")
-    state = _wordpiece_state(tokenizer)
     texts = list(texts)
     keep = used_token_ids(tokenizer, texts)
     new_id = {old: new for new, old in enumerate(keep)}
+    trimmed_tokenizer = _renumbered(tokenizer, _wordpiece_state(tokenizer), new_id)
+    _check_same_tokens(tokenizer, trimmed_tokenizer, texts, new_id)
     embeddings = model.get_input_embeddings()
-    before = embeddings.weight.shape[0]
     padding = None if embeddings.padding_idx is None else new_id[embeddings.padding_idx]
     trimmed = torch.nn.Embedding(len(keep), embeddings.embedding_dim, padding_idx=padding,
                                  dtype=embeddings.weight.dtype, device=embeddings.weight.device)
@@ -62,20 +58,17 @@ def trim_vocabulary(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str]
     model.config.vocab_size = len(keep)
     if getattr(model.config, "pad_token_id", None) is not None:
         model.config.pad_token_id = new_id[model.config.pad_token_id]
-    stats = {"vocab_before": before, "vocab_after": len(keep),
-             "embedding_params_before": before * embeddings.embedding_dim,
-             "embedding_params_after": len(keep) * embeddings.embedding_dim}
-    trimmed_tokenizer = _renumbered(tokenizer, state, new_id)
-    _check_same_tokens(tokenizer, trimmed_tokenizer, texts, new_id)
+    stats = {"vocab_before": embeddings.num_embeddings, "vocab_after": len(keep),
+             "embedding_params_before": embeddings.weight.numel(), "embedding_params_after": trimmed.weight.numel()}
     return trimmed_tokenizer, stats
 
 
-def _check_same_tokens(full: Any, trimmed: Any, texts: Iterable[str], new_id: dict[int, int],
+def _check_same_tokens(full: Any, trimmed: Any, texts: list[str], new_id: dict[int, int],
                        sample: int = 2000) -> None:
     """The trimmed tokenizer gives the kept text the renumbered ids of the full one (a sample, pairs included)."""
-    texts = list(texts)[:sample]
-    pairs = (texts[::2], texts[1::2][: len(texts[::2])])
-    for args in ((texts,), (pairs[0][: len(pairs[1])], pairs[1])):
+    texts = texts[:sample]
+    seconds = texts[1::2]
+    for args in ((texts,), (texts[0::2][: len(seconds)], seconds)):
         expected = [[new_id[i] for i in ids] for ids in full(*args)["input_ids"]]
         if trimmed(*args)["input_ids"] != expected:
             raise RuntimeError("The trimmed tokenizer tokenizes the kept text differently from the full one; "

@@ -72,3 +72,13 @@ def test_cli_trim_vocab_writes_a_compact_folder_that_loads(tmp_path, capsys):
     tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "trimmed")
     assert tokenizer.tokenize("a red dog") == ["a", "[UNK]", "dog"]
     assert main(["trim-vocab", str(tmp_path / "missing"), str(tmp_path / "o"), "--texts", "x.txt"]) == 2
+
+
+def test_a_tokenizer_that_tokenizes_differently_is_caught_before_the_model_changes(tmp_path, monkeypatch):
+    import peft_rankdyna.vocab as vocab
+
+    tokenizer, model = _tokenizer(tmp_path), tiny_model()
+    monkeypatch.setattr(vocab, "_renumbered", lambda full, state, new_id: full)  # ids not renumbered
+    with pytest.raises(RuntimeError, match="tokenizes the kept text differently"):
+        trim_vocabulary(model, tokenizer, KEPT_TEXT)
+    assert model.get_input_embeddings().weight.shape[0] == 99 and model.config.vocab_size == 99
