@@ -191,7 +191,7 @@ def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph
     (or differ from them by at most :data:`SAME_VALUES_ATOL`). An embedding model's pooled
     ``sentence_embedding`` is the output checked when the graph has one, the first output otherwise.
     """
-    source, provider, min_agreement, min_correlation, settings = write(folder)
+    source, provider, min_agreement, min_correlation, settings = write(folder)  # a ReducedGraph
     target = os.path.join(folder, FILE_NAMES[variant])
     reference = create_session(os.path.join(folder, FILE_NAMES[source]), provider)
     candidate = create_session(target, provider)
@@ -201,13 +201,7 @@ def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph
     result = agreement(candidate, reference, list(_batches(tokenizer, examples, names, seq_len=seq_len)), checked)
     result.update(provider=provider, against=source,
                   examples_from="given examples" if examples is not None else "built-in pairs")
-    if result["agreement"] is not None and result["agreement"] < min_agreement:
-        problem = f"predicts the fp32 class on only {result['agreement']:.2%} (need {min_agreement:.1%})"
-    elif result["agreement"] is None and not ((result["correlation"] or 0.0) >= min_correlation
-                                              or result["max_abs_diff"] <= SAME_VALUES_ATOL):
-        problem = f"correlates with the fp32 outputs at only {result['correlation']} (need {min_correlation})"
-    else:
-        problem = None
+    problem = _shortfall(result, min_agreement, min_correlation)
     if problem is not None:
         os.remove(target)
         raise ExportValidationError(f"{variant}: {problem} of {result['examples']} examples; max |diff| "
@@ -218,6 +212,17 @@ def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph
     logger.info("rankdyna export: %s graph agrees with fp32 on %s of %d examples (correlation %.4f, max |diff| %.3g, "
                 "%s)", variant, "n/a" if result["agreement"] is None else f"{result['agreement']:.2%}",
                 result["examples"], result["correlation"] or float("nan"), result["max_abs_diff"], provider)
+
+
+def _shortfall(result: dict[str, Any], min_agreement: float, min_correlation: float) -> Optional[str]:
+    """How a reduced-precision graph's check falls short of its bar, or None when it passes."""
+    if result["agreement"] is not None:
+        if result["agreement"] < min_agreement:
+            return f"predicts the fp32 class on only {result['agreement']:.2%} (need {min_agreement:.1%})"
+        return None
+    if (result["correlation"] or 0.0) >= min_correlation or result["max_abs_diff"] <= SAME_VALUES_ATOL:
+        return None
+    return f"correlates with the fp32 outputs at only {result['correlation']} (need {min_correlation})"
 
 
 def _batches(tokenizer: Any, examples: Optional[Iterable[tuple[str, str]]], names: list[str],
