@@ -403,6 +403,9 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
     from peft_rankdyna.plots import pyplot
 
     plt = pyplot()
+    # One colour per method in every panel, and one legend for all panels: a task where only some
+    # methods ran must not give another method's colour to the ones it has.
+    colors = {method: f"C{index}" for index, method in enumerate(m for m in METHOD_FLAGS if m != "dense")}
     tasks = sorted({row["task"] for row in rows})
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.2), squeeze=False)
     labels = []
@@ -417,7 +420,8 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
                 axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=METHOD_LABELS[method])
             elif points:
                 axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
-                              yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=METHOD_LABELS[method])
+                              yerr=[p[1]["std"] for p in points], marker="o", capsize=3, color=colors[method],
+                              label=METHOD_LABELS[method])
         most_seeds = max(row["metrics"][metric]["n"] for row in task_rows)
         for row in task_rows:  # a mean over fewer seeds than the rest is not comparable at a glance
             n = row["metrics"][metric]["n"]
@@ -428,7 +432,11 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
         axis.set(title=task.upper(), xlabel="kept fraction of target-matrix parameters", ylabel=metric)
         axis.grid(alpha=0.3)
     # Below the panels: inside one, the legend hid the points at the right-hand budget.
-    figure.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    legend = {}
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=7, frameon=False)
     figure.tight_layout(rect=(0, 0.14 if len(tasks) > 1 else 0.2, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)

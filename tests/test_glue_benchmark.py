@@ -135,6 +135,26 @@ def test_plot_labels_means_over_fewer_seeds(tmp_path):
     assert labels == [("mrpc", 0.25, "1 seed")] and (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_plot_gives_a_method_one_colour_in_every_panel_and_one_legend(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def record(task, method, seed):
+        base = _record(seed, 5e-5, 0.5 + seed / 10)
+        return {**base, "cell": {**base["cell"], "task": task, "method": method}}
+
+    rows = glue.summarize([record("mrpc", "svd", 1), record("mrpc", "rankdyna", 1), record("cola", "rankdyna", 1)])
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, path, **kw: saved.append(figure))
+    glue.plot_scores(rows, str(tmp_path / "plot.png"))
+    colours = {}
+    for axis in saved[0].axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            colours.setdefault(label, set()).add(handle.lines[0].get_color())
+    assert set(colours) == {"SVD + FT", "RankDyna"} and all(len(c) == 1 for c in colours.values())
+    assert colours["SVD + FT"] != colours["RankDyna"]
+    assert sorted(t.get_text() for t in saved[0].legends[0].get_texts()) == ["RankDyna", "SVD + FT"]
+
+
 def test_task_sample_limits_must_name_the_task(capsys):
     with pytest.raises(SystemExit) as exit_info:
         glue.main(["run", "--model", "m", "--max-train-samples", "8000"])
