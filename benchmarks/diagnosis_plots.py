@@ -26,9 +26,12 @@ METRIC = {"cola": "matthews_correlation", "mrpc": "accuracy", "sst2": "accuracy"
 
 
 def load_runs(folder: str) -> list[dict[str, Any]]:
-    """Every run record in ``folder``, sorted by task, label and seed."""
-    runs = [json.load(open(path, encoding="utf-8")) for path in glob.glob(os.path.join(folder, "*.json"))]
-    return sorted(runs, key=lambda r: (r["task"], r["label"], r["seed"]))
+    """Every run record in ``folder`` (not the allocation checks beside them), sorted by task, label and seed."""
+    records = []
+    for path in glob.glob(os.path.join(folder, "*.json")):
+        with open(path, encoding="utf-8") as handle:
+            records.append(json.load(handle))
+    return sorted((r for r in records if "curve" in r), key=lambda r: (r["task"], r["label"], r["seed"]))
 
 
 def _kind(name: str) -> str:
