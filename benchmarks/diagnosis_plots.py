@@ -62,13 +62,16 @@ def median_update_by_kind(run: dict[str, Any], first_step: int = 1) -> dict[str,
 def plot_curves(runs: list[dict[str, Any]], task: str, path: str) -> str:
     plt = pyplot()
     seeds = sorted({r["seed"] for r in runs})
+    palette = plt.get_cmap("tab20").colors  # one colour per variant in every panel
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(sorted({r["label"] for r in runs}))}
     figure, axes = plt.subplots(2, len(seeds), figsize=(6 * len(seeds), 7), squeeze=False, sharex="col")
     for column, seed in enumerate(seeds):
         for run in (r for r in runs if r["seed"] == seed):
-            loss, metric = axes[0][column], axes[1][column]
-            loss.plot([e["step"] for e in run["loss"]], [e["loss"] for e in run["loss"]], label=run["label"])
+            loss, metric, color = axes[0][column], axes[1][column], colors[run["label"]]
+            loss.plot([e["step"] for e in run["loss"]], [e["loss"] for e in run["loss"]], label=run["label"],
+                      color=color)
             metric.plot([e["step"] for e in run["curve"]], [e[METRIC[task]] for e in run["curve"]], marker=".",
-                        label=run["label"])
+                        label=run["label"], color=color)
         axes[0][column].set_title(f"{task} seed {seed}")
         axes[0][column].set_ylabel("training loss (mean of 50 steps)")
         axes[1][column].set_ylabel(f"dev {METRIC[task]}")
