@@ -11,7 +11,8 @@ dense model is exported by Optimum and quantized with the same int8 settings (by
 Every graph is scored on the dev set with onnxruntime, and one ``rankdyna bench`` run times them all
 side by side (fresh process per variant, shuffled rounds, medians) at batch 1, 8 and 32 × 128.
 Writes ``OUT.json``, ``OUT.md`` (means over seeds) and ``OUT.png`` (dev metric against batch-8
-latency, marker area = file size).
+latency, marker area = file size). ``--prepare-only`` makes the graphs and stops, so the slow part
+can run beside other work and the timed run, which reuses them, alone.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _check(code: int) -> None:
         raise SystemExit(f"a rankdyna command failed (exit {code}); see above")
 
 
-def measure(args: argparse.Namespace, task: str, seed: int) -> list[dict[str, Any]]:
-    """Dev metric, file size and latencies of every graph of one task and seed."""
+def collect(args: argparse.Namespace, task: str, seed: int) -> tuple[list[str], str, str, list[dict[str, Any]]]:
+    """Every graph of one task and seed, made where missing: the exports, the dense folder, the work folder, the graphs."""
     from transformers import AutoConfig
 
     dense, graphs = prepare(args, task, seed)
@@ -84,6 +85,12 @@ def measure(args: argparse.Namespace, task: str, seed: int) -> list[dict[str, An
     references = {v.name: v.path for v in dense_variants(dense, architecture, get_task(task).num_labels, work)}
     graphs += [{"graph": name, "export": dense, "path": references[bench_name], "bench_name": bench_name}
                for name, bench_name in (("dense fp32", ONNX_DENSE_RAW), ("dense int8", ONNX_DENSE_INT8))]
+    return exports, dense, work, graphs
+
+
+def measure(args: argparse.Namespace, task: str, seed: int) -> list[dict[str, Any]]:
+    """Dev metric, file size and latencies of every graph of one task and seed."""
+    exports, dense, work, graphs = collect(args, task, seed)
     tokenized: dict[tuple[str, tuple[str, ...]], Any] = {}  # the dev set, once per tokenizer and input names
     for graph in graphs:
         graph.update(task=task, seed=seed, file_mib=os.path.getsize(graph["path"]) / 2**20,
@@ -169,11 +176,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="shuffled timing rounds per bench run")
     parser.add_argument("--int8-min-agreement", type=float, default=None,
                         help="passed to rankdyna export (default: the export's own bar)")
-    parser.add_argument("--out", required=True, help="results path without extension")
+    parser.add_argument("--out", help="results path without extension (not with --prepare-only)")
     parser.add_argument("--work-dir", default="runs/deploy_cpu")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="only make the graphs (exports, trimming, dense references), e.g. while the machine is "
+                             "busy; a later run without it scores and times them, alone on the machine")
     args = parser.parse_args()
     if not args.glue_dir:
         parser.error("--glue-dir (or GLUE_DIR) is needed: every graph is scored on the dev set.")
+    if args.prepare_only:
+        for task in args.tasks:
+            for seed in args.seeds:
+                print(f"{task} seed {seed}: {len(collect(args, task, seed)[3])} graphs ready", flush=True)
+        return
+    if not args.out:
+        parser.error("--out is needed (or --prepare-only).")
     rows = [row for task in args.tasks for seed in args.seeds for row in measure(args, task, seed)]
     table = summarize(rows)
     command = "python " + portable_command(sys.argv, {args.runs: "$RUNS", args.work_dir: "$WORK_DIR"})

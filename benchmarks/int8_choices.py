@@ -5,8 +5,8 @@
 
 Every compact folder is exported once (fp32 graphs, into ``--work-dir``), every ``--dense`` folder
 with Optimum's export, the graph a dense user would quantize; the fused (or dense) graph is then
-quantized with each candidate of :data:`CANDIDATES` through ``rankdyna_exporters.int8.quantize`` and
-scored on the task's dev set: the share of examples whose class is the fp32 graph's (the export's
+quantized with each candidate of :data:`CANDIDATES` through ``rankdyna_exporters.int8.quantize`` (the
+static ones calibrated on :data:`CALIBRATION_EXAMPLES` training examples) and scored on the task's dev set: the share of examples whose class is the fp32 graph's (the export's
 acceptance bar is ``Int8Options.min_agreement``), the dev metric, the file size.
 With ``--time``, every graph of a folder is timed at batch 8 × sequence 128 in one process, the
 graphs in a new shuffled order each round, medians over all rounds (side by side, so ratios within a
@@ -31,7 +31,7 @@ from peft_rankdyna.cli import main as rankdyna
 from peft_rankdyna.io import atomic_write_text, portable_command
 from rankdyna_exporters.int8 import MIN_AGREEMENT, Int8Options, quantize
 from rankdyna_exporters.runtime import create_session
-from rankdyna_exporters.scoring import dev_batches, dev_metrics, longest_input
+from rankdyna_exporters.scoring import calibration_examples, dev_batches, dev_metrics, longest_input
 from rankdyna_exporters.validation import agreement
 
 CANDIDATES = {
@@ -41,7 +41,11 @@ CANDIDATES = {
     "factors narrower than 64 in fp32": Int8Options(min_rank=64),
     "factors narrower than 128 in fp32": Int8Options(min_rank=128),
     "factors narrower than 128 and embeddings in fp32": Int8Options(embeddings=False, min_rank=128),
+    "static, min-max ranges": Int8Options(calibration="minmax"),
+    "static, 99.999th-percentile ranges": Int8Options(calibration="percentile"),
 }
+# Training examples the static candidates calibrate on (the dev set they are scored on is not among them).
+CALIBRATION_EXAMPLES = 100
 FP32 = "fp32 fused graph (reference)"
 
 
@@ -90,15 +94,17 @@ def measure_folder(source: str, dense: bool, args: argparse.Namespace) -> list[d
     label, folder, graph = exported(source, dense, args.work_dir)
     reference = create_session(os.path.join(folder, graph))
     names = [i.name for i in reference.get_inputs()]
-    batches, labels = dev_batches(AutoTokenizer.from_pretrained(folder), args.task, args.glue_dir, names,
-                                  longest_input(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batches, labels = dev_batches(tokenizer, args.task, args.glue_dir, names, longest_input(folder))
+    calibration = calibration_examples(tokenizer, args.task, args.glue_dir, names, longest_input(folder),
+                                       CALIBRATION_EXAMPLES)
     paths = {FP32: os.path.join(folder, graph)}
     rows = [{"model": label, "candidate": FP32, "metrics": dev_metrics(reference, batches, labels, args.task),
              "agreement": 1.0, "file_mib": os.path.getsize(paths[FP32]) / 2**20}]
     candidates = {name: options for name, options in CANDIDATES.items() if not (dense and options.min_rank)}
     for index, (name, options) in enumerate(candidates.items()):
         paths[name] = os.path.join(folder, f"candidate{index}_int8.onnx")
-        settings = quantize(folder, graph, os.path.basename(paths[name]), options)
+        settings = quantize(folder, graph, os.path.basename(paths[name]), options, calibration)
         session = create_session(paths[name])
         check = agreement(session, reference, batches, "logits")
         rows.append({"model": label, "candidate": name, "settings": settings,

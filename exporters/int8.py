@@ -1,8 +1,11 @@
-"""The int8 CPU graph: onnxruntime's dynamic quantization of the fused graph, through Optimum's ORTQuantizer.
+"""The int8 CPU graph: onnxruntime's quantization of the fused graph, through Optimum's ORTQuantizer.
 
-Dynamic quantization needs no calibration data: weights are quantized once (signed 8-bit, symmetric,
-per output channel by default), activations per batch at run time (unsigned 8-bit), and the MatMuls
-become MatMulInteger. The fused attention op (MultiHeadAttention) has no quantized kernel and stays
+Dynamic quantization (the default) needs no calibration data: weights are quantized once (signed
+8-bit, symmetric, per output channel by default), activations per batch at run time (unsigned 8-bit),
+and the MatMuls become MatMulInteger. Static quantization (``Int8Options.calibration``) fixes the
+activation ranges beforehand from task examples run through the fp32 graph and writes QDQ pairs that
+onnxruntime fuses into QLinearMatMul; it is a measured candidate (benchmarks/int8_choices.py), not
+the export's default. The fused attention op (MultiHeadAttention) has no quantized kernel and stays
 in fp32, fed by quantized projections. With ``embeddings=True`` the embedding tables (Gather) are
 stored in 8 bits too, which is where most of a small encoder's file size is. The quantized graph is
 accepted only when it follows the fp32 graph on real text (``Int8Options.min_agreement``,
@@ -15,7 +18,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 # Share of examples whose class must be the fp32 graph's (classifiers). Dynamic int8 flips borderline
 # predictions: on MRPC dev it kept 97.3% of a dense fine-tuned MiniLM-L6's classes and 95.1–97.1% of six
@@ -25,6 +30,9 @@ MIN_AGREEMENT = 0.95
 # embeddings, regression scores). Lower than fp16's: on MiniLM-L6 at budget 0.5 the int8 hidden states
 # correlate 0.972 with fp32 per channel, 0.956 per tensor, while a graph computing something else is near 0.
 MIN_CORRELATION = 0.95
+# How static quantization turns the calibration examples' activations into ranges: the observed
+# extremes, or a high percentile of a histogram (robust to the rare outliers transformer activations have).
+CALIBRATION_METHODS = ("minmax", "percentile")
 
 
 @dataclass(frozen=True)
@@ -36,15 +44,19 @@ class Int8Options:
     low-rank factors, whose columns differ in scale) instead of one per tensor. ``min_rank``: weight
     products whose weight has a side shorter than this (the narrow factors of a low-rank matrix) stay
     in fp32; 0 quantizes them all. ``min_agreement``: the share of examples on which the int8 graph
-    must predict the fp32 graph's class to be kept.
+    must predict the fp32 graph's class to be kept. ``calibration``: ``None`` for dynamic quantization,
+    or one of :data:`CALIBRATION_METHODS` for static quantization from calibration examples.
     """
 
     embeddings: bool = True
     per_channel: bool = True
     min_rank: int = 0
     min_agreement: float = MIN_AGREEMENT
+    calibration: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.calibration is not None and self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration must be None or one of {CALIBRATION_METHODS}, got {self.calibration!r}.")
         if not 0.0 < self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}.")
         if self.min_rank < 0:
@@ -56,27 +68,56 @@ class Int8Options:
         return ["MatMul", "Gather"] if self.embeddings else ["MatMul"]
 
 
-def quantize(folder: str, source_name: str, target_name: str, options: Int8Options) -> dict[str, Any]:
-    """Write the dynamically quantized form of ``folder/source_name`` to ``folder/target_name``; returns the settings.
+def quantize(folder: str, source_name: str, target_name: str, options: Int8Options,
+             calibration_examples: Optional[Sequence[dict[str, np.ndarray]]] = None) -> dict[str, Any]:
+    """Write the quantized form of ``folder/source_name`` to ``folder/target_name``; returns the settings.
 
     ``folder`` must be an export folder (Optimum's ORTQuantizer reads its ``config.json``).
+    ``calibration_examples`` (graph inputs of one example each, batch dimension 1) are needed, and
+    only used, when ``options.calibration`` asks for static quantization.
     """
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    # The avx512_vnni preset is u8 activations × s8 weights, onnxruntime's default for dynamic quantization
-    # on x86 and ARM alike; the operators are ours, not the preset's list (which also names Transpose).
+    static = options.calibration is not None
+    if static and not calibration_examples:
+        raise ValueError(f"Static quantization ({options.calibration}) needs calibration examples; none were given.")
+    # The avx512_vnni preset is u8 activations × s8 weights, onnxruntime's default on x86 and ARM alike;
+    # the operators are ours, not the preset's list (which also names Transpose).
     narrow = narrow_products(os.path.join(folder, source_name), options.min_rank)
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=options.per_channel,
+    config = AutoQuantizationConfig.avx512_vnni(is_static=static, per_channel=options.per_channel,
                                                 operators_to_quantize=options.operators, nodes_to_exclude=narrow)
     quantizer = ORTQuantizer.from_pretrained(folder, file_name=source_name)
     with tempfile.TemporaryDirectory() as scratch:
-        written = quantizer.quantize(config, save_dir=scratch, file_suffix="int8")
+        ranges = _activation_ranges(quantizer, options, calibration_examples, scratch) if static else None
+        written = quantizer.quantize(config, save_dir=scratch, file_suffix="int8", calibration_tensors_range=ranges)
         shutil.move(os.path.join(written, f"{os.path.splitext(source_name)[0]}_int8.onnx"),
                     os.path.join(folder, target_name))
-    return {"api": "optimum.onnxruntime.ORTQuantizer (dynamic)", "source": source_name, **asdict(options),
-            "operators": options.operators, "weights": "int8, symmetric", "activations": "uint8, per batch",
-            "products_kept_fp32": len(narrow)}
+    activations = (f"uint8, fixed ranges ({options.calibration}, {len(calibration_examples)} examples)" if static
+                   else "uint8, per batch")
+    return {"api": f"optimum.onnxruntime.ORTQuantizer ({'static' if static else 'dynamic'})", "source": source_name,
+            **asdict(options), "operators": options.operators, "weights": "int8, symmetric",
+            "activations": activations, "products_kept_fp32": len(narrow)}
+
+
+def _activation_ranges(quantizer: Any, options: Int8Options, examples: Sequence[dict[str, np.ndarray]],
+                       scratch: str) -> dict[str, Any]:
+    """The activation ranges static quantization fixes, from ``examples`` run through the fp32 graph.
+
+    Optimum's ``AutoCalibrationConfig`` wants a ``datasets.Dataset`` only to copy its name into the
+    config; its calibration reader just iterates, so the config is built directly and the examples go
+    in as plain feeds (no ``datasets`` dependency).
+    """
+    from optimum.onnxruntime.configuration import CalibrationConfig, CalibrationMethod
+
+    method = CalibrationMethod.MinMax if options.calibration == "minmax" else CalibrationMethod.Percentile
+    config = CalibrationConfig(dataset_name="calibration examples", dataset_config_name=None,
+                               dataset_split=None, dataset_num_samples=len(examples), method=method,
+                               num_bins=2048, percentile=99.999)
+    # Each feed keeps its batch dimension of 1: the reader adds one more when batch_size is 1.
+    samples = [{name: value[0] for name, value in feeds.items()} for feeds in examples]
+    return quantizer.fit(samples, config, onnx_augmented_model_name=os.path.join(scratch, "augmented.onnx"),
+                         operators_to_quantize=options.operators)
 
 
 def narrow_products(path: str, min_rank: int) -> list[str]:

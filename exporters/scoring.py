@@ -1,7 +1,8 @@
 """Task metrics of an exported classifier graph on a GLUE dev set, as onnxruntime computes them.
 
 Used to measure what a graph variant (int8, a trimmed vocabulary) costs in accuracy, beside what
-``rankdyna evaluate`` measures for the PyTorch model.
+``rankdyna evaluate`` measures for the PyTorch model; and the training examples static int8
+quantization calibrates on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ def dev_batches(tokenizer: Any, task_name: str, glue_dir: Optional[str], input_n
         encoded = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="np")
         batches.append({name: encoded[name].astype(np.int64) for name in input_names})
     return batches, np.asarray(split.labels)
+
+
+def calibration_examples(tokenizer: Any, task_name: str, glue_dir: Optional[str], input_names: list[str],
+                         max_length: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` examples drawn at random from the task's *training* split, one graph feed each (batch 1,
+    unpadded): what static quantization fixes its activation ranges from, apart from the dev set it is scored on."""
+    split = load_glue(get_task(task_name), "train", glue_dir)
+    chosen = np.random.default_rng(seed).choice(len(split.labels), size=min(count, len(split.labels)), replace=False)
+    feeds = []
+    for index in chosen:
+        encoded = tokenizer(*(column[index] for column in split.texts), truncation=True, max_length=max_length,
+                            return_tensors="np")
+        feeds.append({name: encoded[name].astype(np.int64) for name in input_names})
+    return feeds
 
 
 def dev_metrics(session: Any, batches: list[dict[str, np.ndarray]], labels: np.ndarray,

@@ -20,11 +20,16 @@ def test_deploy_benchmark_scores_times_and_plots_every_graph(tmp_path, monkeypat
     tiny_tokenizer(str(dense))
     tiny_compact_folder(str(runs / "mrpc-rankdyna-0.5-s42-lr5e-05" / "compact"),
                         model=BertForSequenceClassification(config))
-    monkeypatch.setattr("sys.argv", ["deploy_cpu.py", "--runs", str(runs), "--tasks", "mrpc", "--seeds", "42",
-                                     "--budgets", "0.5", "--glue-dir", glue_dir, "--rounds", "1",
-                                     "--int8-min-agreement", "0.5", "--out", str(tmp_path / "d"),
-                                     "--work-dir", str(tmp_path / "work")])
+    common = ["deploy_cpu.py", "--runs", str(runs), "--tasks", "mrpc", "--seeds", "42", "--budgets", "0.5",
+              "--glue-dir", glue_dir, "--rounds", "1", "--int8-min-agreement", "0.5", "--work-dir", str(tmp_path / "work")]
+    monkeypatch.setattr("sys.argv", [*common, "--prepare-only"])  # the graphs only: nothing scored or timed
     deploy.main()
+    made = sorted((tmp_path / "work").rglob("rankdyna_export.json")) + sorted((tmp_path / "work").rglob("model_int8.onnx"))
+    assert len(made) == 3 and not list((tmp_path / "work").rglob("bench*.json"))
+    stamps = [path.stat().st_mtime_ns for path in made]
+    monkeypatch.setattr("sys.argv", [*common, "--out", str(tmp_path / "d")])
+    deploy.main()
+    assert [path.stat().st_mtime_ns for path in made] == stamps  # the timed run reuses the prepared graphs
     result = json.loads((tmp_path / "d.json").read_text())
     graphs = {row["graph"] for row in result["table"]}
     assert graphs == {"dense fp32", "dense int8", "RankDyna 0.5 fp32", "RankDyna 0.5 int8",

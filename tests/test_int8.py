@@ -69,6 +69,51 @@ def test_an_int8_graph_that_strays_from_fp32_is_refused_and_nothing_is_written(t
         Int8Options(min_agreement=1.5)
 
 
+@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+def test_static_int8_fixes_activation_ranges_from_calibration_examples(tmp_path, calibration):
+    from rankdyna_exporters.runtime import create_session
+
+    folder = tiny_compact_folder(str(tmp_path / "compact"), budget=0.6)
+    export(folder, tmp_path / "onnx")
+    onnx_dir = str(tmp_path / "onnx")
+    reference = create_session(f"{onnx_dir}/{FILE_NAMES[FUSED]}")
+    names = [i.name for i in reference.get_inputs()]
+    rng = np.random.default_rng(0)
+    feeds = [{name: (rng.integers(5, 90, (1, 12)) if name == "input_ids" else
+                     np.ones((1, 12)) if name == "attention_mask" else np.zeros((1, 12))).astype(np.int64)
+              for name in names} for _ in range(24)]
+    options = Int8Options(calibration=calibration)
+    with pytest.raises(ValueError, match="needs calibration examples"):
+        int8_module.quantize(onnx_dir, FILE_NAMES[FUSED], "static.onnx", options)
+    settings = int8_module.quantize(onnx_dir, FILE_NAMES[FUSED], "static.onnx", options, feeds[:16])
+    assert settings["api"].endswith("(static)") and f"({calibration}, 16 examples)" in settings["activations"]
+    ops = _ops(tmp_path / "onnx" / "static.onnx")
+    # Every weight product is fed by fixed-range QuantizeLinear/DequantizeLinear pairs (fused at load time).
+    assert ops.count("QuantizeLinear") >= ops.count("MatMul") > 0 and "MatMulInteger" not in ops
+    check = agreement(create_session(f"{onnx_dir}/static.onnx"), reference, feeds[16:], "logits")
+    assert check["correlation"] > 0.99 and check["max_abs_diff"] > 0  # close to fp32, yet quantized
+    with pytest.raises(ValueError, match="calibration must be None or one of"):
+        Int8Options(calibration="entropy")
+
+
+def test_calibration_examples_come_from_the_training_split_one_unpadded_example_each(tmp_path, glue_dir):
+    from conftest import tiny_tokenizer
+    from transformers import AutoTokenizer
+
+    from peft_rankdyna.data.glue import get_task, load_glue
+    from rankdyna_exporters.scoring import calibration_examples
+
+    tiny_tokenizer(str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    feeds = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 32, 5)
+    again = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 32, 5)
+    assert len(feeds) == 5 and all(f["input_ids"].shape[0] == 1 and f["attention_mask"].all() for f in feeds)
+    assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(feeds, again))  # seeded
+    train = load_glue(get_task("mrpc"), "train", glue_dir)
+    encoded = {tuple(tokenizer(a, b, truncation=True, max_length=32)["input_ids"]) for a, b in zip(*train.texts)}
+    assert all(tuple(f["input_ids"][0]) in encoded for f in feeds)
+
+
 class _Fixed:
     """A stand-in session whose first output is a fixed array."""
 
