@@ -96,7 +96,7 @@ def test_static_int8_fixes_activation_ranges_from_calibration_examples(tmp_path,
         Int8Options(calibration="entropy")
 
 
-def test_calibration_examples_come_from_the_training_split_one_unpadded_example_each(tmp_path, glue_dir):
+def test_calibration_examples_come_from_the_training_split_padded_to_one_shape(tmp_path, glue_dir):
     from conftest import tiny_tokenizer
     from transformers import AutoTokenizer
 
@@ -105,13 +105,14 @@ def test_calibration_examples_come_from_the_training_split_one_unpadded_example_
 
     tiny_tokenizer(str(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    feeds = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 32, 5)
-    again = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 32, 5)
-    assert len(feeds) == 5 and all(f["input_ids"].shape[0] == 1 and f["attention_mask"].all() for f in feeds)
+    feeds = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 256, 5)
+    again = calibration_examples(tokenizer, "mrpc", glue_dir, ["input_ids", "attention_mask"], 256, 5)
+    assert len(feeds) == 5 and len({f["input_ids"].shape for f in feeds}) == 1  # histogram calibrators stack them
+    assert feeds[0]["input_ids"].shape[0] == 1 and not all(f["attention_mask"].all() for f in feeds)
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(feeds, again))  # seeded
     train = load_glue(get_task("mrpc"), "train", glue_dir)
-    encoded = {tuple(tokenizer(a, b, truncation=True, max_length=32)["input_ids"]) for a, b in zip(*train.texts)}
-    assert all(tuple(f["input_ids"][0]) in encoded for f in feeds)
+    encoded = {tuple(tokenizer(a, b, truncation=True, max_length=256)["input_ids"]) for a, b in zip(*train.texts)}
+    assert all(tuple(f["input_ids"][0][f["attention_mask"][0] == 1]) in encoded for f in feeds)
 
 
 class _Fixed:
