@@ -42,7 +42,6 @@ CANDIDATES = {
     "factors narrower than 128 in fp32": Int8Options(min_rank=128),
     "factors narrower than 128 and embeddings in fp32": Int8Options(embeddings=False, min_rank=128),
     "static, min-max ranges": Int8Options(calibration="minmax"),
-    "static, 99.999th-percentile ranges": Int8Options(calibration="percentile"),
 }
 # Training examples the static candidates calibrate on (the dev set they are scored on is not among them).
 CALIBRATION_EXAMPLES = 100

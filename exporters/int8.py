@@ -31,8 +31,11 @@ MIN_AGREEMENT = 0.95
 # correlate 0.972 with fp32 per channel, 0.956 per tensor, while a graph computing something else is near 0.
 MIN_CORRELATION = 0.95
 # How static quantization turns the calibration examples' activations into ranges: the observed
-# extremes, or a high percentile of a histogram (robust to the rare outliers transformer activations have).
-CALIBRATION_METHODS = ("minmax", "percentile")
+# extremes. onnxruntime's histogram methods (percentile, entropy) are not offered: its calibrator
+# collects every tensor, including the padded attention bias (−3.4e38 at padding), and a histogram of
+# that range cannot be binned ("Too many bins for data range"); unpadded examples of one length would
+# avoid it only by calibrating on a biased sample.
+CALIBRATION_METHODS = ("minmax",)
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,8 @@ def _activation_ranges(quantizer: Any, options: Int8Options, examples: Sequence[
     """
     from optimum.onnxruntime.configuration import CalibrationConfig, CalibrationMethod
 
-    method = CalibrationMethod.MinMax if options.calibration == "minmax" else CalibrationMethod.Percentile
     config = CalibrationConfig(dataset_name="calibration examples", dataset_config_name=None,
-                               dataset_split=None, dataset_num_samples=len(examples), method=method,
-                               num_bins=2048, percentile=99.999)
+                               dataset_split=None, dataset_num_samples=len(examples), method=CalibrationMethod.MinMax)
     # Each feed keeps its batch dimension of 1: the reader adds one more when batch_size is 1.
     samples = [{name: value[0] for name, value in feeds.items()} for feeds in examples]
     return quantizer.fit(samples, config, onnx_augmented_model_name=os.path.join(scratch, "augmented.onnx"),

@@ -39,17 +39,16 @@ def dev_batches(tokenizer: Any, task_name: str, glue_dir: Optional[str], input_n
 
 def calibration_examples(tokenizer: Any, task_name: str, glue_dir: Optional[str], input_names: list[str],
                          max_length: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """``count`` examples drawn at random from the task's *training* split, one graph feed each (batch 1):
-    what static quantization fixes its activation ranges from, apart from the dev set it is scored on.
-
-    All are padded to the longest of them: onnxruntime's histogram calibrators stack the activations
-    of all examples, so their shapes must agree.
-    """
+    """``count`` examples drawn at random from the task's *training* split, one unpadded graph feed each
+    (batch 1): what static quantization fixes its activation ranges from, apart from the dev set it is scored on."""
     split = load_glue(get_task(task_name), "train", glue_dir)
     chosen = np.random.default_rng(seed).choice(len(split.labels), size=min(count, len(split.labels)), replace=False)
-    encoded = tokenizer(*([column[i] for i in chosen] for column in split.texts), padding=True, truncation=True,
-                        max_length=max_length, return_tensors="np")
-    return [{name: encoded[name][row:row + 1].astype(np.int64) for name in input_names} for row in range(len(chosen))]
+    feeds = []
+    for index in chosen:
+        encoded = tokenizer(*(column[index] for column in split.texts), truncation=True, max_length=max_length,
+                            return_tensors="np")
+        feeds.append({name: encoded[name].astype(np.int64) for name in input_names})
+    return feeds
 
 
 def dev_metrics(session: Any, batches: list[dict[str, np.ndarray]], labels: np.ndarray,
