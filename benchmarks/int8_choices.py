@@ -100,7 +100,7 @@ def measure_folder(source: str, dense: bool, args: argparse.Namespace) -> list[d
     paths = {FP32: os.path.join(folder, graph)}
     rows = [{"model": label, "candidate": FP32, "metrics": dev_metrics(reference, batches, labels, args.task),
              "agreement": 1.0, "file_mib": os.path.getsize(paths[FP32]) / 2**20}]
-    candidates = {name: options for name, options in CANDIDATES.items() if not (dense and options.min_rank)}
+    candidates = {name: CANDIDATES[name] for name in args.candidates if not (dense and CANDIDATES[name].min_rank)}
     for index, (name, options) in enumerate(candidates.items()):
         paths[name] = os.path.join(folder, f"candidate{index}_int8.onnx")
         settings = quantize(folder, graph, os.path.basename(paths[name]), options, calibration)
@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="results path without extension")
     parser.add_argument("--work-dir", default="runs/int8", help="where the exports and candidates go")
     parser.add_argument("--time", action="store_true", help="also time every graph side by side")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                        metavar="NAME", help="measure only these candidates (default: all)")
     args = parser.parse_args()
     if not args.glue_dir:
         parser.error("--glue-dir (or GLUE_DIR) is needed: candidates are scored on the dev set.")

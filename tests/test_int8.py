@@ -199,3 +199,11 @@ def test_int8_choices_benchmark_scores_every_candidate_against_fp32(tmp_path, mo
     assert all(0.5 <= r["agreement"] <= 1 and "accuracy" in r["metrics"] and r["file_mib"] > 0 for r in ours)
     assert ours[0]["latency_vs_fp32"] == 1.0 and "vs fp32" in (tmp_path / "c.md").read_text()
     assert "$WORK_DIR" in result["command"] and str(tmp_path) not in result["command"]
+    static = "static, min-max ranges"
+    monkeypatch.setattr("sys.argv", ["int8_choices.py", compact, "--task", "mrpc", "--glue-dir", glue_dir,
+                                     "--out", str(tmp_path / "s"), "--work-dir", str(tmp_path / "work"),
+                                     "--candidates", static])
+    choices.main()
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["candidate"] for r in rows] == [choices.FP32, static]
+    assert rows[1]["settings"]["api"].endswith("(static)") and rows[1]["agreement"] >= 0.5
