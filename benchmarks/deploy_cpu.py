@@ -96,7 +96,7 @@ def measure(args: argparse.Namespace, task: str, seed: int) -> list[dict[str, An
         graph.update(task=task, seed=seed, file_mib=os.path.getsize(graph["path"]) / 2**20,
                      metrics=_score(graph["path"], graph["export"], task, args.glue_dir, tokenized))
     timed = benchmark(exports, dense, BenchSettings(batch_sizes=BATCHES, rounds=args.rounds),
-                      os.path.join(work, "bench"), "deploy_cpu.py", work)
+                      os.path.join(work, "bench"), "deploy_cpu.py", work, only={g["bench_name"] for g in graphs})
     medians = {(r["variant"], r["batch_size"]): r["median_ms"] for r in timed["rows"]}
     for graph in graphs:
         graph["median_ms"] = {b: medians[graph["bench_name"], b] for b in BATCHES}

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from .layout import FILE_NAMES, FP16, INT8, REPORT_NAME, read_export_report
 
@@ -336,13 +336,15 @@ def markdown(rows: Sequence[dict[str, Any]], env: dict[str, Any], command: str,
 
 def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSettings, out_prefix: str,
               command: str, work_dir: str, choose_shape: Optional[tuple[int, int]] = None,
-              seed: int = 0, compact_dirs: Optional[Sequence[str]] = None) -> dict[str, Any]:
+              seed: int = 0, compact_dirs: Optional[Sequence[str]] = None,
+              only: Optional[Collection[str]] = None) -> dict[str, Any]:
     """Time dense references and every compact graph of ``export_dirs`` in one run; write ``OUT.json``/``OUT.md``.
 
     With ``choose_shape`` the fastest graph of each export at that (batch, sequence) is recorded in
     its ``rankdyna_export.json`` under ``"chosen"`` for this provider. ``work_dir`` caches the dense
     graphs and holds the tokenised inputs. ``compact_dirs`` (the compact folders the exports came
-    from, in the same order) add the compact models in PyTorch on CUDA.
+    from, in the same order) add the compact models in PyTorch on CUDA. ``only`` (variant names)
+    times just those, for a caller that reports a few of the graphs.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -357,6 +359,11 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
         variants += compact_variants(export_dir, settings.provider, label, compact_dir)
         counts = read_export_report(export_dir)["flops"]
         flops.update({(label, s): flops_ratio(counts, s) for s in settings.seq_lens})
+    if only is not None:
+        unknown = set(only) - {v.name for v in variants}
+        if unknown:
+            raise ValueError(f"No such variants to time: {', '.join(sorted(unknown))}.")
+        variants = [v for v in variants if v.name in only]
     inputs_file = os.path.join(work_dir, "bench_inputs.npz")
     settings = BenchSettings(**{**asdict(settings), "inputs_file": inputs_file})
     write_inputs(AutoTokenizer.from_pretrained(export_dirs[0]), settings, inputs_file)

@@ -30,6 +30,16 @@ def test_deploy_benchmark_scores_times_and_plots_every_graph(tmp_path, monkeypat
     monkeypatch.setattr("sys.argv", [*common, "--out", str(tmp_path / "d")])
     deploy.main()
     assert [path.stat().st_mtime_ns for path in made] == stamps  # the timed run reuses the prepared graphs
+    timed = json.loads((tmp_path / "work" / "mrpc-s42" / "bench.json").read_text())
+    bench_names = {row["variant"] for row in timed["rows"]}  # only the graphs the table reports were timed
+    assert bench_names == {"rankdyna-0.5 fused", "rankdyna-0.5 int8", "rankdyna-0.5-trimmed int8",
+                           "onnx dense (raw)", "onnx dense int8"}
+    from rankdyna_exporters.bench import BenchSettings, benchmark
+
+    exports = [str(p.parent) for p in sorted((tmp_path / "work").rglob("rankdyna_export.json"))]
+    with pytest.raises(ValueError, match="No such variants to time: rankdyna-0.5 fp16"):
+        benchmark(exports, str(dense), BenchSettings(), str(tmp_path / "b"), "", str(tmp_path / "work" / "mrpc-s42"),
+                  only={"rankdyna-0.5 fp16", "onnx dense int8"})
     result = json.loads((tmp_path / "d.json").read_text())
     graphs = {row["graph"] for row in result["table"]}
     assert graphs == {"dense fp32", "dense int8", "RankDyna 0.5 fp32", "RankDyna 0.5 int8",
