@@ -193,7 +193,8 @@ def main() -> None:
         parser.error("--out is needed (or --prepare-only).")
     rows = [row for task in args.tasks for seed in args.seeds for row in measure(args, task, seed)]
     table = summarize(rows)
-    command = "python " + portable_command(sys.argv, {args.runs: "$RUNS", args.work_dir: "$WORK_DIR"})
+    command = "python " + portable_command(sys.argv, {args.runs: "$RUNS", args.work_dir: "$WORK_DIR",
+                                                         args.glue_dir: "$GLUE_DIR"})
     atomic_write_text(args.out + ".json", json.dumps({"rows": rows, "table": table, "command": command}, indent=1))
     atomic_write_text(args.out + ".md", markdown(table, command))
     plot(table, args.out + ".png")

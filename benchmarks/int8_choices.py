@@ -154,9 +154,9 @@ def main() -> None:
             for row in measure_folder(source, dense, args)]
     import onnxruntime
 
-    result = {"task": args.task, "rows": rows,
-              "command": "python " + portable_command(sys.argv, {args.work_dir: "$WORK_DIR", **{
-                  os.path.dirname(os.path.dirname(os.path.normpath(c))): "$RUNS" for c in args.compact + args.dense}}),
+    paths = {args.work_dir: "$WORK_DIR", args.glue_dir: "$GLUE_DIR",
+             **{os.path.dirname(os.path.dirname(os.path.normpath(c))): "$RUNS" for c in args.compact + args.dense}}
+    result = {"task": args.task, "rows": rows, "command": "python " + portable_command(sys.argv, paths),
               "environment": f"{platform.platform()}, {os.cpu_count()} CPUs, onnxruntime {onnxruntime.__version__}"}
     atomic_write_text(args.out + ".json", json.dumps(result, indent=1))
     atomic_write_text(args.out + ".md", markdown(result))

@@ -4,8 +4,9 @@ Dynamic quantization (the default) needs no calibration data: weights are quanti
 8-bit, symmetric, per output channel by default), activations per batch at run time (unsigned 8-bit),
 and the MatMuls become MatMulInteger. Static quantization (``Int8Options.calibration``) fixes the
 activation ranges beforehand from task examples run through the fp32 graph and writes QDQ pairs that
-onnxruntime fuses into QLinearMatMul; it is a measured candidate (benchmarks/int8_choices.py), not
-the export's default. The fused attention op (MultiHeadAttention) has no quantized kernel and stays
+onnxruntime fuses into QLinearMatMul; it is a measured candidate (benchmarks/int8_choices.py) that
+the export does not offer: on MRPC it agreed with the fp32 graph far less than dynamic quantization
+(benchmarks/results/int8_static.md). The fused attention op (MultiHeadAttention) has no quantized kernel and stays
 in fp32, fed by quantized projections. With ``embeddings=True`` the embedding tables (Gather) are
 stored in 8 bits too, which is where most of a small encoder's file size is. The quantized graph is
 accepted only when it follows the fp32 graph on real text (``Int8Options.min_agreement``,
