@@ -146,22 +146,32 @@ def markdown(table: list[dict[str, Any]], command: str) -> str:
 
 
 def plot(table: list[dict[str, Any]], path: str) -> None:
+    """Dev metric against batch-8 latency, one panel per task; marker area = file size.
+
+    One colour per graph in every panel and one legend for all (labels beside the points overlapped).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in table})
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    graphs = sorted({r["graph"] for r in table}, key=lambda g: (not g.startswith("dense"), g))
+    colors = {graph: f"C{index}" for index, graph in enumerate(graphs)}
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         for row in (r for r in table if r["task"] == task):
             metric = next(iter(row["metrics"].values()))
-            axis.scatter(row["median_ms"][8], metric, s=8 * row["file_mib"], alpha=0.6)
-            axis.annotate(row["graph"], (row["median_ms"][8], metric), fontsize=7)
+            axis.scatter(row["median_ms"][8], metric, s=8 * row["file_mib"], alpha=0.7, color=colors[row["graph"]],
+                         marker="s" if row["graph"].startswith("dense") else "o", edgecolors="black", linewidths=0.5)
         axis.set_xlabel("median latency, batch 8 × 128 (ms)")
-        axis.set_ylabel(f"dev {next(iter(table[0]['metrics']))}")
+        axis.set_ylabel(f"dev {next(iter(next(r for r in table if r['task'] == task)['metrics']))}")
         axis.set_title(f"{task}: marker area = file size")
-    figure.tight_layout()
+        axis.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], linestyle="", marker="s" if g.startswith("dense") else "o", color=colors[g],
+                          markeredgecolor="black", markersize=8, label=g) for g in graphs]
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

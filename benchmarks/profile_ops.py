@@ -77,11 +77,14 @@ def main() -> int:
         results[graph] = json.loads(output.strip().splitlines()[-1])
     kinds = sorted({op for ops in results.values() for op in ops},
                    key=lambda op: -max(r.get(op, 0.0) for r in results.values()))
-    lines = ["| op type | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    # Columns and command name the graphs below their common folder ($WORK_DIR), so no machine's paths show.
+    root = os.path.commonpath([os.path.abspath(g) for g in args.graphs + [args.tokenizer]])
+    names = [os.path.relpath(os.path.abspath(g), root) for g in results]
+    lines = ["| op type | " + " | ".join(names) + " |", "|---|" + "---|" * len(results)]
     for op in kinds:
         lines.append(f"| {op} | " + " | ".join(f"{r.get(op, 0.0):.2f}" for r in results.values()) + " |")
     lines.append("| **total** | " + " | ".join(f"**{sum(r.values()):.2f}**" for r in results.values()) + " |")
-    command_text = f"python {portable_command(sys.argv, {args.tokenizer: '$MODEL'})}"
+    command_text = f"python {portable_command(sys.argv, {root: '$WORK_DIR'})}"
     text = (f"Kernel milliseconds per run by op type, batch {args.batch_size} × seq {args.seq_len}, "
             f"{args.runs} runs, {args.threads} threads, CPU provider.\n\n" + "\n".join(lines)
             + f"\n\nCommand: `{command_text}`\n")
