@@ -203,8 +203,10 @@ def main() -> None:
         parser.error("--out is needed (or --prepare-only).")
     rows = [row for task in args.tasks for seed in args.seeds for row in measure(args, task, seed)]
     table = summarize(rows)
-    command = "python " + portable_command(sys.argv, {args.runs: "$RUNS", args.work_dir: "$WORK_DIR",
-                                                         args.glue_dir: "$GLUE_DIR"})
+    paths = {args.runs: "$RUNS", args.work_dir: "$WORK_DIR", args.glue_dir: "$GLUE_DIR"}
+    for row in rows:  # the results name no path of this machine
+        row["export"], row["path"] = (portable_command([row[key]], paths) for key in ("export", "path"))
+    command = "python " + portable_command(sys.argv, paths)
     atomic_write_text(args.out + ".json", json.dumps({"rows": rows, "table": table, "command": command}, indent=1))
     atomic_write_text(args.out + ".md", markdown(table, command))
     plot(table, args.out + ".png")

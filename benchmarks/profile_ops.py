@@ -91,7 +91,7 @@ def main() -> int:
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
         handle.write(text)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"command": command_text, "ms_per_run": results}, handle, indent=1)
+        json.dump({"command": command_text, "ms_per_run": dict(zip(names, results.values()))}, handle, indent=1)
     print(text)
     return 0
 

@@ -41,6 +41,8 @@ def test_deploy_benchmark_scores_times_and_plots_every_graph(tmp_path, monkeypat
         benchmark(exports, str(dense), BenchSettings(), str(tmp_path / "b"), "", str(tmp_path / "work" / "mrpc-s42"),
                   only={"rankdyna-0.5 fp16", "onnx dense int8"})
     result = json.loads((tmp_path / "d.json").read_text())
+    assert str(tmp_path) not in json.dumps(result["rows"])  # the graphs are named without this machine's paths
+    assert {row["path"].split("/")[0] for row in result["rows"]} == {"$WORK_DIR"}
     graphs = {row["graph"] for row in result["table"]}
     assert graphs == {"dense fp32", "dense int8", "RankDyna 0.5 fp32", "RankDyna 0.5 int8",
                       "RankDyna 0.5 int8, trimmed vocab"}
