@@ -259,12 +259,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if provider not in onnxruntime.get_available_providers():
         raise SystemExit(f"onnxruntime {onnxruntime.__version__} has no {provider} here "
                          f"(providers: {onnxruntime.get_available_providers()}); use --dry-run on a CPU machine.")
+    # onnxruntime-gpu loads cuBLAS/cuDNN when its first CUDA session starts; torch, imported above, has
+    # loaded its own, and preload_dlls() (onnxruntime ≥ 1.21) also looks in the nvidia-* pip packages.
+    preloaded = not args.dry_run and hasattr(onnxruntime, "preload_dlls")
+    if preloaded:
+        onnxruntime.preload_dlls()
     command = "python benchmarks/gpu_check.py " + portable_command(sys.argv[1:] if argv is None else argv,
                                                                     {args.out: "$OUT"})
     run = prepare(args, provider, command)
     summary: dict[str, Any] = {
         "command": command, "provider": provider, "onnxruntime": onnxruntime.__version__,
-        "providers": onnxruntime.get_available_providers(), "torch": torch.__version__,
+        "providers": onnxruntime.get_available_providers(), "preload_dlls": preloaded, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "shape": TINY_SHAPE if args.dry_run else MINILM_SHAPE, "patterns": list(run.compacts), "steps": {}}
     run_steps([("export", lambda: step_export(run)), ("correctness", lambda: step_correctness(run)),

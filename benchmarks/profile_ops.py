@@ -25,16 +25,13 @@ def profile(path: str, tokenizer_dir: str, batch_size: int, seq_len: int, runs: 
 
     On CUDA onnxruntime times each node's launch on the host (its kernels run asynchronously), so
     the per-op times show where the launches go, not the device time; read them with that in mind."""
-    import onnxruntime
     from transformers import AutoTokenizer
 
+    from rankdyna_exporters.runtime import create_session
     from rankdyna_exporters.validation import tokenised_inputs
 
-    options = onnxruntime.SessionOptions()
-    options.enable_profiling, options.intra_op_num_threads = True, threads
-    options.profile_file_prefix = os.path.join(os.path.dirname(os.path.abspath(path)), "ort_profile")
-    session = onnxruntime.InferenceSession(path, options, providers=[provider, "CPUExecutionProvider"]
-                                           if provider != "CPUExecutionProvider" else [provider])
+    session = create_session(path, provider, threads,
+                             profile_prefix=os.path.join(os.path.dirname(os.path.abspath(path)), "ort_profile"))
     feeds = tokenised_inputs(AutoTokenizer.from_pretrained(tokenizer_dir), batch_size, seq_len,
                              [i.name for i in session.get_inputs()])
     warmup = 5

@@ -75,15 +75,30 @@ def choose_provider(requested: Optional[str] = None) -> str:
     return provider
 
 
-def create_session(path: str, provider: str = CPU, threads: Optional[int] = None) -> Any:
-    """An inference session on ``provider`` with all graph optimisations and ``threads`` intra-op threads."""
+def create_session(path: str, provider: str = CPU, threads: Optional[int] = None, profile_prefix: Optional[str] = None
+                   ) -> Any:
+    """An inference session on ``provider`` with all graph optimisations and ``threads`` intra-op threads.
+
+    ``profile_prefix`` turns on onnxruntime's profiler (its trace file starts with that path). When
+    a provider other than the CPU is asked for and onnxruntime cannot start it (a missing CUDA or
+    cuDNN library, say), onnxruntime falls back to the CPU with only a log line; that would make a
+    "CUDA" latency or correctness result a CPU one, so it is an error here.
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     providers = [provider] if provider == CPU else [provider, CPU]
-    return onnxruntime.InferenceSession(path, options, providers=providers)
+    session = onnxruntime.InferenceSession(path, options, providers=providers)
+    if session.get_providers()[0] != provider:
+        raise RuntimeError(f"onnxruntime {onnxruntime.__version__} could not start {provider} for {path} and fell "
+                           f"back to {session.get_providers()[0]}; see onnxruntime's log above (on CUDA: are the "
+                           "CUDA and cuDNN libraries it was built for installed? `import torch` first, or "
+                           "onnxruntime.preload_dlls(), loads those of a matching PyTorch).")
+    return session
 
 
 def runner(session: Any, feeds: dict[str, Any]) -> Callable[[], Any]:

@@ -206,6 +206,22 @@ def test_runtime_warns_when_both_onnxruntime_distributions_are_installed(monkeyp
     assert "overwrite each other" in caplog.text
 
 
+def test_a_session_that_fell_back_from_cuda_to_the_cpu_is_an_error(monkeypatch, tmp_path):
+    import onnxruntime
+
+    class FellBack:  # what onnxruntime returns when the CUDA provider's libraries fail to load
+        def __init__(self, path, options, providers):
+            self.asked = providers
+
+        def get_providers(self):
+            return [runtime.CPU]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FellBack)
+    with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider .* fell back to CPUExecutionProvider"):
+        runtime.create_session(str(tmp_path / "model.onnx"), runtime.CUDA)
+    assert runtime.create_session(str(tmp_path / "model.onnx"), runtime.CPU).asked == [runtime.CPU]
+
+
 @pytest.mark.real_model
 def test_real_minilm_compact_exports_with_six_fused_attentions(tmp_path):
     from conftest import minilm_path
