@@ -150,22 +150,21 @@ def plot(table: list[dict[str, Any]], path: str) -> None:
 
     One colour per graph in every panel and one legend for all (labels beside the points overlapped).
     """
-    import matplotlib
+    from peft_rankdyna.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tasks = sorted({r["task"] for r in table})
     graphs = sorted({r["graph"] for r in table}, key=lambda g: (not g.startswith("dense"), g))
     colors = {graph: f"C{index}" for index, graph in enumerate(graphs)}
     figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for row in (r for r in table if r["task"] == task):
+        task_rows = [r for r in table if r["task"] == task]
+        for row in task_rows:
             metric = next(iter(row["metrics"].values()))
             axis.scatter(row["median_ms"][8], metric, s=8 * row["file_mib"], alpha=0.7, color=colors[row["graph"]],
                          marker="s" if row["graph"].startswith("dense") else "o", edgecolors="black", linewidths=0.5)
         axis.set_xlabel("median latency, batch 8 × 128 (ms)")
-        axis.set_ylabel(f"dev {next(iter(next(r for r in table if r['task'] == task)['metrics']))}")
+        axis.set_ylabel(f"dev {next(iter(task_rows[0]['metrics']))}")
         axis.set_title(f"{task}: marker area = file size")
         axis.grid(alpha=0.3)
     handles = [plt.Line2D([], [], linestyle="", marker="s" if g.startswith("dense") else "o", color=colors[g],

@@ -23,12 +23,13 @@ prepare() {
   [ -n "$(ls .whl-ort/onnxruntime_gpu-*.whl 2>/dev/null)" ] ||
     python3 -m pip download "${PLATFORMS[@]}" onnxruntime-gpu==1.31.1 -d .whl-ort
   python3 -m pip download "${PLATFORMS[@]}" "${FRIENDS[@]}" -d .whl
-  local tree_bytes part_mib
+  local tree_bytes tree_mib part_mib
   tree_bytes=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | du -cb --files0-from=- | tail -1 | cut -f1)
-  part_mib=$(( LIMIT_MIB - SPARE_MIB - (tree_bytes + 1048575) / 1048576 ))
+  tree_mib=$(( (tree_bytes + 1048575) / 1048576 ))
+  part_mib=$(( LIMIT_MIB - SPARE_MIB - tree_mib ))
   rm -rf .relay
   ../shared/tools/parts split .whl-ort/onnxruntime_gpu-*.whl .relay "$part_mib"
-  echo "working tree $(( (tree_bytes + 1048575) / 1048576 )) MiB, parts of $part_mib MiB, .whl $(du -sm .whl | cut -f1) MiB; the device calls:"
+  echo "working tree $tree_mib MiB, parts of $part_mib MiB, .whl $(du -sm .whl | cut -f1) MiB; the device calls:"
   local call=1 part
   for part in .relay/*.part*; do
     echo "  call $call: carry [\"$part\"]  command: mkdir -p /tmp/relay && cp .relay/* /tmp/relay/"

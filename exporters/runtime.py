@@ -93,9 +93,10 @@ def create_session(path: str, provider: str = CPU, threads: Optional[int] = None
         options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     providers = [provider] if provider == CPU else [provider, CPU]
     session = onnxruntime.InferenceSession(path, options, providers=providers)
-    if session.get_providers()[0] != provider:
+    active = session.get_providers()[0]
+    if active != provider:
         raise RuntimeError(f"onnxruntime {onnxruntime.__version__} could not start {provider} for {path} and fell "
-                           f"back to {session.get_providers()[0]}; see onnxruntime's log above (on CUDA: are the "
+                           f"back to {active}; see onnxruntime's log above (on CUDA: are the "
                            "CUDA and cuDNN libraries it was built for installed? `import torch` first, or "
                            "onnxruntime.preload_dlls(), loads those of a matching PyTorch).")
     return session
