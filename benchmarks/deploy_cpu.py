@@ -24,13 +24,13 @@ import statistics
 import sys
 from typing import Any
 
-from peft_rankdyna.cli import main as rankdyna
-from peft_rankdyna.data.glue import get_task
+from peft_rankdyna.jobs.cli import main as rankdyna
+from peft_rankdyna.jobs.data.glue import get_task
 from peft_rankdyna.io import atomic_write_text, portable_command
 from rankdyna_exporters.bench import ONNX_DENSE_INT8, ONNX_DENSE_RAW, BenchSettings, benchmark, dense_variants
 from rankdyna_exporters.layout import FILE_NAMES, FUSED, INT8
 from rankdyna_exporters.runtime import create_session
-from rankdyna_exporters.scoring import dev_batches, dev_metrics, longest_input
+from peft_rankdyna.jobs.onnx_scoring import dev_batches, dev_metrics, longest_input
 
 BATCHES = (1, 8, 32)
 
@@ -150,7 +150,7 @@ def plot(table: list[dict[str, Any]], path: str) -> None:
 
     One colour per graph in every panel and one legend for all (labels beside the points overlapped).
     """
-    from peft_rankdyna.plots import pyplot
+    from peft_rankdyna.jobs.plots import pyplot
 
     plt = pyplot()
     tasks = sorted({r["task"] for r in table})

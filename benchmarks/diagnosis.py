@@ -15,7 +15,7 @@ One run trains a model exactly as ``rankdyna compress`` does (same Trainer, same
     python benchmarks/diagnosis.py run --model $MODEL --task cola --variant dense --seed 43
     python benchmarks/diagnosis.py run --model $MODEL --task cola --variant fullrank --seed 43
     python benchmarks/diagnosis.py run --model $MODEL --task cola --variant rankdyna --seed 43 [--set key=value]
-    python benchmarks/diagnosis.py plot            # -> benchmarks/results/diagnosis/*.png and README.md
+    python benchmarks/diagnosis.py plot            # -> benchmarks/results/diagnosis/*.png (docs/results.md shows them)
 
 Variants: ``dense`` (plain fine-tuning), ``fullrank`` (the factored model at target_budget=1.0:
 nothing is ever pruned) and ``rankdyna`` (budget ``--budget``, default 0.5). ``--set`` passes
@@ -159,7 +159,7 @@ class Diagnostics(TrainerCallback):
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Dev metric, dev loss and the share of the most frequent predicted class."""
-        from peft_rankdyna.data.glue import compute_metrics
+        from peft_rankdyna.jobs.data.labelled import compute_metrics
 
         was_training = model.training
         model.eval()
@@ -190,10 +190,11 @@ class Diagnostics(TrainerCallback):
 
 def run(args: argparse.Namespace) -> str:
     from peft_rankdyna.config import RankDynaConfig
-    from peft_rankdyna.data.glue import GlueDataset, get_task, load_glue
+    from peft_rankdyna.jobs.data.glue import get_task, load_glue
+    from peft_rankdyna.jobs.data.labelled import TokenizedSplit
     from peft_rankdyna.io import portable_command
     from peft_rankdyna.loading import load_tokenizer
-    from peft_rankdyna.pipeline import CompressSettings, compress
+    from peft_rankdyna.jobs import CompressSettings, compress
 
     overrides = {key: _parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
     budget = {"dense": None, "fullrank": 1.0, "rankdyna": args.budget}[args.variant]
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> str:
                                 learning_rate=args.lr, epochs=args.epochs, show_progress=False)
     task = get_task(args.task)
     tokenizer = load_tokenizer(args.model)
-    dev = GlueDataset(tokenizer, load_glue(task, "dev", args.glue_dir), settings.max_seq_length)
+    dev = TokenizedSplit(tokenizer, load_glue(task, "dev", args.glue_dir), settings.max_seq_length)
     diagnostics = Diagnostics(task, dev, tokenizer, args.eval_every, args.update_every,
                               target_budget=args.budget)
     results = compress(settings, callbacks=[diagnostics])

@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from peft_rankdyna.plots import pyplot
+from peft_rankdyna.jobs.plots import pyplot
 from peft_rankdyna.targets import KIND_ORDER
 
 METRIC = {"cola": "matthews_correlation", "mrpc": "accuracy", "sst2": "accuracy"}
@@ -85,11 +85,12 @@ def plot_update_sizes(runs: list[dict[str, Any]], path: str) -> str:
     figure, axes = plt.subplots(figsize=(8, 4))
     chosen = [r for r in runs if r["variant"] in ("dense", "fullrank")]
     width = 0.8 / max(1, len(chosen))
-    for index, run in enumerate(chosen):
-        medians = median_update_by_kind(run, first_step=100)  # after the learning-rate warm-up
-        xs = [KIND_ORDER.index(k) + index * width for k in medians]
-        axes.bar(xs, list(medians.values()), width=width, label=f"{run['label']} s{run['seed']}")
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(KIND_ORDER))], KIND_ORDER)
+    medians = [median_update_by_kind(run, first_step=100) for run in chosen]  # after the learning-rate warm-up
+    kinds = [kind for kind in KIND_ORDER if any(kind in m for m in medians)]
+    for index, (run, median) in enumerate(zip(chosen, medians)):
+        xs = [kinds.index(k) + index * width for k in median]
+        axes.bar(xs, list(median.values()), width=width, label=f"{run['label']} s{run['seed']}")
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))], kinds)
     axes.set_ylabel("median ‖ΔW‖_F / ‖W‖_F per step")
     axes.set_title("Update of the effective weight per optimizer step (steps ≥ 100)")
     axes.legend(fontsize="small")
@@ -101,11 +102,11 @@ def plot_importance(run: dict[str, Any], path: str) -> str:
     refreshes = run["refreshes"]
     first = refreshes[1] if len(refreshes) > 1 else refreshes[0]
     layers = sorted({_layer(n) for n in first["score_median"]})
-    grid = [[math.log10(max(first["score_median"][f"L{layer} {kind}"], 1e-30)) for kind in KIND_ORDER]
-            for layer in layers]
+    kinds = [kind for kind in KIND_ORDER if any(f"L{layer} {kind}" in first["score_median"] for layer in layers)]
+    grid = [[math.log10(max(first["score_median"][f"L{layer} {kind}"], 1e-30)) for kind in kinds] for layer in layers]
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     image = left.imshow(grid, aspect="auto", cmap="magma")
-    left.set_xticks(range(len(KIND_ORDER)), KIND_ORDER)
+    left.set_xticks(range(len(kinds)), kinds)
     left.set_yticks(range(len(layers)), [f"layer {layer}" for layer in layers])
     left.set_title(f"log10 median group score at step {first['step']}")
     figure.colorbar(image, ax=left)
@@ -151,13 +152,13 @@ def summary(runs: list[dict[str, Any]]) -> str:
         learned = next((e["step"] for e in run["curve"] if e.get("top_class_share", 0) < 0.95), None)
         lines.append(f"| {run['task']} | {run['label']} | {run['seed']} | {run['final_metrics'][metric]:.4f} | "
                      f"{learned if learned is not None else 'never'} | {run['wall_time_s']:.0f} |")
+    chosen = [(run, median_update_by_kind(run, 100)) for run in runs if run["variant"] in ("dense", "fullrank")]
+    kinds = [kind for kind in KIND_ORDER if any(kind in medians for _, medians in chosen)]
     lines += ["", "Median relative update ‖ΔW‖_F/‖W‖_F per step (steps ≥ 100), by matrix kind:", "",
-              "| run | seed | " + " | ".join(KIND_ORDER) + " |", "|---|---|" + "---|" * len(KIND_ORDER)]
-    for run in runs:
-        if run["variant"] in ("dense", "fullrank"):
-            medians = median_update_by_kind(run, 100)
-            lines.append(f"| {run['label']} | {run['seed']} | "
-                         + " | ".join(f"{medians.get(k, float('nan')):.2e}" for k in KIND_ORDER) + " |")
+              "| run | seed | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for run, medians in chosen:
+        lines.append(f"| {run['label']} | {run['seed']} | "
+                     + " | ".join(f"{medians.get(k, float('nan')):.2e}" for k in kinds) + " |")
     lines += ["", "Commands:", ""] + [f"- `{run['command']}`" for run in runs] + [""]
     return "\n".join(lines)
 

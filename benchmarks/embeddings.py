@@ -33,7 +33,7 @@ FIT_TEXTS = 1000  # training sentences (a seeded sample) the fit to the teacher 
 
 def write_texts(glue_dir: str, work_dir: str) -> tuple[str, str]:
     """MRPC's training sentences and dev sentences, one per line, for the distillation runs."""
-    from peft_rankdyna.data.glue import get_task, load_glue
+    from peft_rankdyna.jobs.data.glue import get_task, load_glue
 
     task = get_task("mrpc")
     paths = []
@@ -60,8 +60,8 @@ def score(model: torch.nn.Module, tokenizer: Any, pooling: Any, teacher: torch.T
     """Cosine to the teacher on the MRPC dev sentences and the MRPC dev pair AUC of ``model``."""
     from sklearn.metrics import roc_auc_score
 
-    from peft_rankdyna.data.glue import get_task, load_glue
-    from peft_rankdyna.distill import cosine_report, embed
+    from peft_rankdyna.jobs.data.glue import get_task, load_glue
+    from peft_rankdyna.jobs.objectives.embedding_distillation import cosine_report, embed
 
     dev = load_glue(get_task("mrpc"), "dev", glue_dir)
     first, second = (embed(model, tokenizer, column, pooling, max_length) for column in dev.texts)
@@ -80,11 +80,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     from peft_rankdyna.compact import AutoCompactModel
-    from peft_rankdyna.data.glue import get_task, load_glue
-    from peft_rankdyna.distill import cosine_report, embed
+    from peft_rankdyna.jobs.data.glue import get_task, load_glue
+    from peft_rankdyna.jobs.objectives.embedding_distillation import cosine_report, embed
     from peft_rankdyna.io import portable_command
     from peft_rankdyna.pooling import read_pooling
-    from peft_rankdyna.report import model_report
+    from peft_rankdyna.accounting import model_report
 
     os.makedirs(args.work_dir, exist_ok=True)
     train, dev = write_texts(args.glue_dir, args.work_dir)
@@ -109,7 +109,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         output = command[command.index("--output") + 1]
         if not os.path.isfile(os.path.join(output, "results.json")):
             print(f"running {method} {budget:g} ...", flush=True)
-            subprocess.run([sys.executable, "-m", "peft_rankdyna.cli", *command[1:]], check=True)
+            subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
         with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
             results = json.load(handle)
         compact = AutoCompactModel.from_pretrained(os.path.join(output, "compact"))

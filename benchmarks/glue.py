@@ -32,13 +32,13 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterator, Optional, Sequence
 
 from peft_rankdyna.io import portable_command
 
 # Method name in the table → `rankdyna compress` flags. Dense ignores the budget axis.
-# The defaults before the step-scale fix (README, "One round that collapsed"): Adam on the raw factors.
+# The defaults before the step-scale fix (docs/results.md, "One round that collapsed"): Adam on the raw factors.
 OLD_DEFAULTS = ["--factor-step-scale", "1.0", "--tinit", "0.1"]
 METHOD_FLAGS = {
     "dense": ["--dense"],
@@ -132,6 +132,13 @@ def _task_count(text: str) -> tuple[str, int]:
     return task, int(count)
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"takes KEY=VALUE (e.g. epochs=3), got {text!r}")
+    return key, value
+
+
 def _at_least_one(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
@@ -167,7 +174,7 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
     output_dir = os.path.join(work_dir, cell.name)
     os.makedirs(output_dir, exist_ok=True)
     command = cell.command(output_dir, glue_dir, finetuned)
-    argv = [sys.executable, "-m", "peft_rankdyna.cli", *command[1:]]
+    argv = [sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]]
     commit = git_commit()  # the code the run imports: the checkout may move on while it runs
     start = time.perf_counter()
     with open(os.path.join(output_dir, "log.txt"), "w", encoding="utf-8") as log:
@@ -320,16 +327,26 @@ def _device(record: dict[str, Any]) -> str:
     return record.get("device", "cpu")
 
 
+# The cell's axes in the table: every other key of a cell (but the seed) is a setting of the run.
+ROW_AXES = ("task", "method", "budget")
+SETTING_NAMES = {"learning_rate": "lr"}  # a setting's column in the table (else its key, spaced)
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per (task, method, budget); the learning rate with the best mean first metric."""
+    """Mean and std over seeds per distinct cell but its seed: one row per (task, method, budget) and setting.
+
+    No setting (learning rate, epochs, ...) is chosen by its score: that would select on the dev set. Each row's
+    ``setting`` names the settings that differ between its task's rows, the table's and the plot's extra columns.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
         cell = dict(record["cell"])
         seed_free = tuple(sorted((k, v) for k, v in cell.items() if k != "seed"))
         groups.setdefault(seed_free, []).append(record)
-    rows = []
+    rows, cells = [], []
     for seed_free, runs in groups.items():
         cell = dict(seed_free)
+        cells.append(cell)
         metrics = {name: _mean_std([run["metrics"][name] for run in runs]) for name in runs[0]["metrics"]}
         rows.append({**cell, "seeds": sorted(run["cell"]["seed"] for run in runs), "metrics": metrics,
                      "target_params": runs[0]["target_params"], "model_params": runs[0]["model_params"],
@@ -342,14 +359,52 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "first_round_reused": any("first_round" in run for run in runs),
                      "collapsed": sum(bool(run.get("collapsed")) for run in runs),
                      "commands": [run["command"] for run in runs]})
-    best: dict[tuple, dict[str, Any]] = {}
-    for row in rows:  # learning-rate search: keep the best mean of the task's first metric
-        key = (row["model"], row["task"], row["method"], row["budget"])
-        first = next(iter(row["metrics"].values()))["mean"]
-        if key not in best or first > next(iter(best[key]["metrics"].values()))["mean"]:
-            best[key] = row
+    for task in {cell["task"] for cell in cells}:
+        varying = varying_settings([cell for cell in cells if cell["task"] == task])
+        for row, cell in zip(rows, cells):
+            if cell["task"] == task:
+                row["setting"] = {key: cell.get(key) for key in varying}
     methods = list(METHOD_FLAGS)
-    return sorted(best.values(), key=lambda r: (r["task"], -(r["budget"] or 2.0), methods.index(r["method"])))
+    return sorted(rows, key=lambda r: (r["task"], -(r["budget"] or 2.0), methods.index(r["method"]),
+                                       *(_order(value) for value in r["setting"].values())))
+
+
+def varying_settings(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """The settings (cell keys but the seed and the table's axes) with more than one value among ``cells``."""
+    order = [f.name for f in fields(Cell)]
+    keys = sorted({key for cell in cells for key in cell if key not in ("seed", *ROW_AXES)},
+                  key=lambda key: (order.index(key) if key in order else len(order), key))
+    return [key for key in keys if len({json.dumps(cell.get(key)) for cell in cells}) > 1]
+
+
+def _order(value: Any) -> tuple:
+    """Sort key for a setting's values: numbers, then text, then unset."""
+    if value is None:
+        return (2, "")
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting_label(setting: dict[str, Any]) -> str:
+    """``epochs 6, lr 5e-05``: the row's settings that differ from its task's other rows."""
+    return ", ".join(f"{SETTING_NAMES.get(k, k.replace('_', ' '))} {_setting_text(v)}" for k, v in setting.items())
+
+
+def where_filter(records: Sequence[dict[str, Any]], conditions: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The records whose cell has every ``key=value`` (the value as JSON, else as text; ``epochs=3`` is 3.0)."""
+    def matches(cell: dict[str, Any], key: str, text: str) -> bool:
+        try:
+            wanted = json.loads(text)
+        except ValueError:
+            wanted = text
+        return cell.get(key) == wanted or str(cell.get(key)) == text
+
+    return [r for r in records if all(matches(r["cell"], key, text) for key, text in conditions)]
 
 
 def _mean_std(values: Sequence[float]) -> Optional[dict[str, float]]:
@@ -368,14 +423,17 @@ def _mean_text(value: Optional[dict[str, float]], digits: int) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
-    """One task's rows; within each budget the best mean per metric column is bold."""
+    """One task's rows, a column for each setting that differs between them (the learning rate's is always
+    there); within each budget and setting the best mean per metric column is bold."""
     rows = [row for row in rows if row["task"] == task]
     metric_names = list(rows[0]["metrics"])
+    settings = [key for key in rows[0]["setting"] if key != "learning_rate"]
     header = ["budget", "method", *metric_names, "target params", "model params", "FLOPs vs dense",
-              "pipeline wall s", "CPU s", "threads", "peak RSS MiB", "lr", "seeds"]
+              "pipeline wall s", "CPU s", "threads", "peak RSS MiB",
+              *(SETTING_NAMES.get(key, key.replace("_", " ")) for key in settings), "lr", "seeds"]
     lines = [f"### {task.upper()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        peers = [other for other in rows if other["budget"] == row["budget"]]
+        peers = [other for other in rows if other["budget"] == row["budget"] and other["setting"] == row["setting"]]
         label = METHOD_LABELS[row["method"]] + (" †" if row.get("first_round_reused") else "")
         if row.get("collapsed"):
             label += f" ⚠ {row['collapsed']} of {len(row['seeds'])} collapsed"
@@ -389,23 +447,29 @@ def markdown_table(rows: Sequence[dict[str, Any]], task: str) -> str:
         shared = " ‡" if row.get("parallel", 1) > 1 else ""
         cells += [target, f"{row['model_params']:,}", f"{row['flops_ratio']:.3f}",
                   _mean_text(row["pipeline_wall_s"], 0) + shared, _mean_text(row["process_cpu_s"], 0) + shared,
-                  ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}", f"{row['learning_rate']:g}",
+                  ", ".join(row["threads"]), f"{row['peak_rss_mib']:.0f}",
+                  *(_setting_text(row["setting"][key]) for key in settings), f"{row['learning_rate']:g}",
                   ", ".join(map(str, row["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, float, str]]:
-    """Score vs budget per task (first metric, mean ± std over seeds); dense as a dashed line.
+    """Score vs budget per task (first metric, mean ± std over seeds); dense as a dashed line; one line per
+    method and setting where a task's runs differ in a setting (``summarize``'s ``setting``).
 
     Returns the labels put on points averaged over fewer seeds than the rest of their task.
     """
-    from peft_rankdyna.plots import pyplot
+    from peft_rankdyna.jobs.plots import pyplot
 
     plt = pyplot()
     # One colour per method in every panel, and one legend for all panels: a task where only some
     # methods ran must not give another method's colour to the ones it has.
     colors = {method: f"C{index}" for index, method in enumerate(m for m in METHOD_FLAGS if m != "dense")}
+    # One line per method and setting (the settings that differ within a task); a setting keeps its style
+    # (marker and line, or the dense line's dash) in every panel.
+    styles = list(dict.fromkeys(setting_label(row["setting"]) for row in rows))
+    markers, lines, dashes = "osD^vPX*", ["-", ":", "-.", (0, (5, 1))], ["--", ":", "-.", (0, (1, 3))]
     tasks = sorted({row["task"] for row in rows})
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.2), squeeze=False)
     labels = []
@@ -413,15 +477,20 @@ def plot_scores(rows: Sequence[dict[str, Any]], path: str) -> list[tuple[str, fl
         task_rows = [row for row in rows if row["task"] == task]
         metric = next(iter(task_rows[0]["metrics"]))
         for method in METHOD_FLAGS:
-            points = sorted((r["budget"], r["metrics"][metric]) for r in task_rows
-                            if r["method"] == method and r["budget"] is not None)
-            if method == "dense" and any(r["method"] == "dense" for r in task_rows):
-                dense = next(r for r in task_rows if r["method"] == "dense")["metrics"][metric]["mean"]
-                axis.axhline(dense, color="black", linestyle="--", linewidth=1, label=METHOD_LABELS[method])
-            elif points:
-                axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
-                              yerr=[p[1]["std"] for p in points], marker="o", capsize=3, color=colors[method],
-                              label=METHOD_LABELS[method])
+            method_rows = [r for r in task_rows if r["method"] == method]
+            for setting in dict.fromkeys(setting_label(r["setting"]) for r in method_rows):
+                style = styles.index(setting)
+                label = METHOD_LABELS[method] + (f" ({setting})" if setting else "")
+                points = sorted((r["budget"], r["metrics"][metric]) for r in method_rows
+                                if setting_label(r["setting"]) == setting and r["budget"] is not None)
+                if method == "dense":
+                    dense = next(r for r in method_rows if setting_label(r["setting"]) == setting)
+                    axis.axhline(dense["metrics"][metric]["mean"], color="black", linewidth=1, label=label,
+                                 linestyle=dashes[style % len(dashes)])
+                elif points:
+                    axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                                  yerr=[p[1]["std"] for p in points], marker=markers[style % len(markers)],
+                                  linestyle=lines[style % len(lines)], capsize=3, color=colors[method], label=label)
         most_seeds = max(row["metrics"][metric]["n"] for row in task_rows)
         for row in task_rows:  # a mean over fewer seeds than the rest is not comparable at a glance
             n = row["metrics"][metric]["n"]
@@ -448,6 +517,12 @@ def write_summary(args: argparse.Namespace) -> str:
     records = read_lines(args.runs)
     if not records:
         raise SystemExit(f"No finished runs in {args.runs}; run the grid first.")
+    unknown = sorted({key for key, _ in args.where} - {key for record in records for key in record["cell"]})
+    if unknown:
+        raise SystemExit(f"--where names {', '.join(unknown)}, which no run in {args.runs} records.")
+    records = where_filter(records, args.where)
+    if not records:
+        raise SystemExit(f"No run in {args.runs} has {' and '.join(f'{k}={v}' for k, v in args.where)}.")
     devices = sorted({_device(record) for record in records})
     if len(devices) > 1:  # a mean over seeds would mix the hardware's times
         raise SystemExit(f"{args.runs} holds runs trained on {' and '.join(devices)}; keep one JSON lines file "
@@ -458,17 +533,27 @@ def write_summary(args: argparse.Namespace) -> str:
     commits = sorted({r.get("commit", "unknown") for r in records})
     settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
                 ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}
+    # Settings that differ within a task are not shared: each of their values has its own rows.
+    varying = {key for row in rows for key in row["setting"]}
+    shared = {k: v for k, v in settings.items() if k not in varying}
+    differ = {k: sorted({str(r["cell"].get(k)) for r in records}) for k in
+              sorted(varying, key=lambda k: list(settings).index(k) if k in settings else len(settings))}
+    where = f" with {', '.join(f'{k}={v}' for k, v in args.where)} (`--where`)" if args.where else ""
+    listed = "; ".join(f"{k} {', '.join(v)}" for k, v in shared.items())
+    if differ:
+        listed += ("; settings that differ, each value in its own rows (a column in the tables): "
+                   + "; ".join(f"{k} {', '.join(v)}" for k, v in differ.items()))
     text = "\n\n".join([
         "# GLUE dev results: RankDyna vs SVD/FWSVD pipelines",
-        f"{len(records)} runs from `{os.path.relpath(args.runs)}`; settings shared by all methods: "
-        + "; ".join(f"{k} {', '.join(v)}" for k, v in settings.items()) + f". Hardware: {'; '.join(hosts)}. "
+        f"{len(records)} runs{where} from `{os.path.relpath(args.runs)}`; settings shared by all methods: "
+        + listed + f". Hardware: {'; '.join(hosts)}. "
         f"Code: commit {', '.join(commits)} (summarised at {git_commit()}).",
         "Budget = kept fraction of the target matrices' parameters. Mean ± std over seeds; bold = best mean "
-        "within a budget. Wall time is the whole pipeline (both rounds for SVD/FWSVD + FT); CPU s is the "
-        "run's process user+system time (— where not recorded). † = round 1 is the dense cell's run with the "
-        "same settings and seed (`--finetuned-model`); its wall and CPU time are included. ‡ = the runs shared "
-        "the machine with other cells of the grid (`--parallel`), so their times are inflated and compare "
-        "with neither each other nor unshared runs.",
+        f"within a budget{' and setting' if differ else ''}. Wall time is the whole pipeline (both rounds for "
+        "SVD/FWSVD + FT); CPU s is the run's process user+system time (— where not recorded). † = round 1 is "
+        "the dense cell's run with the same settings and seed (`--finetuned-model`); its wall and CPU time are "
+        "included. ‡ = the runs shared the machine with other cells of the grid (`--parallel`), so their times "
+        "are inflated and compare with neither each other nor unshared runs.",
         *(f"**Note:** {note}" for note in args.note),
         *(markdown_table(rows, task) for task in sorted({row["task"] for row in rows})),
         f"Summarised with `python {portable_command(sys.argv)}`. "
@@ -493,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), default=DEFAULT_METHODS)
     run.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.25])
     run.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
-    run.add_argument("--lrs", nargs="+", type=float, default=[5e-5], help="learning-rate search space (all methods)")
+    run.add_argument("--lrs", nargs="+", type=float, default=[5e-5],
+                     help="learning rates (all methods; the summary gives each its own rows, choosing none)")
     run.add_argument("--epochs", type=float, default=3.0)
     run.add_argument("--max-seq-length", type=int, default=128)
     run.add_argument("--max-steps", type=int, default=-1, help="cap on optimizer steps per round (smoke runs)")
@@ -507,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run both rounds of SVD/FWSVD + FT even where the dense run's fine-tuned model exists")
     summary = commands.add_parser("summarize", help="write the table and plot from the JSON lines")
     summary.add_argument("--note", action="append", default=[], help="a caveat printed above the tables")
+    summary.add_argument("--where", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                         help="only the runs whose cell has this setting (e.g. epochs=3; repeatable); without it "
+                              "every setting gets its own rows, none is chosen by its score")
     for sub in (run, summary):
         sub.add_argument("--runs", default=os.path.join(DEFAULT_RESULTS, "glue_runs.jsonl"), help="JSON lines file")
         sub.add_argument("--out", default=os.path.join(DEFAULT_RESULTS, "glue"), help="summary path, no extension")

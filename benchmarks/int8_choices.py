@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from peft_rankdyna.cli import main as rankdyna
+from peft_rankdyna.jobs.cli import main as rankdyna
 from peft_rankdyna.io import atomic_write_text, portable_command
 from rankdyna_exporters.int8 import MIN_AGREEMENT, Int8Options, quantize
 from rankdyna_exporters.runtime import create_session
-from rankdyna_exporters.scoring import calibration_examples, dev_batches, dev_metrics, longest_input
+from peft_rankdyna.jobs.onnx_scoring import calibration_examples, dev_batches, dev_metrics, longest_input
 from rankdyna_exporters.validation import agreement
 
 CANDIDATES = {

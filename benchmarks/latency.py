@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from peft_rankdyna.cli import main as rankdyna
+from peft_rankdyna.jobs.cli import main as rankdyna
 from peft_rankdyna.io import portable_command
 
 

@@ -98,8 +98,8 @@ def main() -> None:
 def draw(folder: str, prefix: str) -> None:
     """The final rank heat map and the schedule history of one RankDyna run, as PNG files."""
     from peft_rankdyna import AutoCompactModel
-    from peft_rankdyna.plots import plot_history, plot_rank_heatmap
-    from peft_rankdyna.report import matrix_table
+    from peft_rankdyna.jobs.plots import plot_history, plot_rank_heatmap
+    from peft_rankdyna.accounting import matrix_table
 
     rows = matrix_table(AutoCompactModel.from_pretrained(os.path.join(folder, "compact")))
     plot_rank_heatmap(rows, prefix + "-ranks.png", title=f"Kept rank per matrix ({os.path.basename(folder)})")

@@ -42,7 +42,7 @@ def build(model_path: str, kept: float | None, masked_product: bool = False) -> 
     for layer in model.base_model.rankdyna_layers().values():
         layer.set_mask(torch.arange(layer.initial_rank) < max(1, round(kept * layer.initial_rank)))
         if masked_product:  # every group stays in the products, the masked ones times zero
-            layer.kept_factors = functools.partial(masked_product_factors, layer)
+            layer._forward_factors = functools.partial(masked_product_factors, layer)
     return model
 
 

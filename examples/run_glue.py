@@ -19,10 +19,11 @@ from peft import get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from peft_rankdyna import RankDynaCallback, RankDynaConfig
-from peft_rankdyna.data.files import load_files
-from peft_rankdyna.data.glue import GlueDataset, compute_metrics, get_task, load_glue
+from peft_rankdyna.jobs.data.files import load_files
+from peft_rankdyna.jobs.data.glue import get_task, load_glue
+from peft_rankdyna.jobs.data.labelled import TokenizedSplit, compute_metrics
 from peft_rankdyna.loading import load_tokenizer
-from peft_rankdyna.pipeline import load_model
+from peft_rankdyna.jobs.objectives.classification import load_classifier
 
 
 def main() -> None:
@@ -50,11 +51,12 @@ def main() -> None:
         task = get_task(args.task)
         train_split, dev_split = load_glue(task, "train"), load_glue(task, "dev")
     tokenizer = load_tokenizer(args.model)
-    train = GlueDataset(tokenizer, train_split, max_length=128, limit=args.max_train_samples)
-    dev = GlueDataset(tokenizer, dev_split, max_length=128)
+    train = TokenizedSplit(tokenizer, train_split, max_length=128, limit=args.max_train_samples)
+    dev = TokenizedSplit(tokenizer, dev_split, max_length=128)
 
     # 1. Rewrite the target Linears as SVD factors of their pre-trained weights.
-    model = get_peft_model(load_model(args.model, task), RankDynaConfig(target_budget=args.budget, task_type="SEQ_CLS"))
+    config = RankDynaConfig(target_budget=args.budget, task_type="SEQ_CLS")
+    model = get_peft_model(load_classifier(args.model, task), config)
     model.print_trainable_parameters()
 
     # 2. Fine-tune; the callback re-estimates importance and re-allocates the budget as training goes.

@@ -1,8 +1,11 @@
 """ONNX export of RankDyna compact models (source folder ``exporters/``, import name ``rankdyna_exporters``).
 
-The compact model type is taught to Optimum's exporter by ``peft_rankdyna.registry`` on
-``import peft_rankdyna``; this package depends on ``peft_rankdyna``, never the reverse.
+Importing it teaches Optimum's exporter the compact model type (``onnx_config``), so
+``optimum.exporters.onnx.main_export`` exports a compact folder; this package depends on
+``peft_rankdyna`` (the compact format, its accounting and pooling spec), never on its jobs, and
+``peft_rankdyna`` never imports it while loading.
 
+- ``onnx_config``: the compact type's Optimum ONNX config; ``pooled``: sentence-embedding pooling in the graph;
 - ``fusion``: export-time attention modules that become one fused attention op per layer;
 - ``export`` / ``validation`` / ``fp16`` / ``int8``: the graphs of an export folder, each checked before it is kept;
 - ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark.
@@ -18,3 +21,9 @@ def require_onnx_extras() -> None:
     if missing:
         raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'peft-rankdyna[onnx]' "
                           "(or 'peft-rankdyna[onnx-gpu]' for onnxruntime-gpu).")
+
+
+if importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.exporters.onnx") is not None:
+    from .onnx_config import register_onnx_config
+
+    register_onnx_config()

@@ -349,7 +349,7 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
     from transformers import AutoConfig, AutoTokenizer
 
     from peft_rankdyna.io import atomic_write_text
-    from peft_rankdyna.report import flops_ratio
+    from peft_rankdyna.accounting import flops_ratio
 
     labels = _labels(export_dirs)
     config = AutoConfig.from_pretrained(export_dirs[0])  # Optimum saves the base model's config beside the graph

@@ -20,9 +20,9 @@ import torch
 
 from peft_rankdyna.compact import AutoCompactModel
 from peft_rankdyna.io import atomic_write_dir
+from peft_rankdyna.loading import max_positions
 from peft_rankdyna.pooling import Pooling, copy_pooling_files, read_pooling
-from peft_rankdyna.report import flop_counts
-from peft_rankdyna.registry import ONNX_VALIDATION_ATOL as VALIDATION_ATOL
+from peft_rankdyna.accounting import flop_counts
 
 from . import require_onnx_extras
 
@@ -32,9 +32,10 @@ from . import fp16 as half  # noqa: E402
 from . import int8 as int8_module  # noqa: E402
 from .fusion import MHA_OP, fuse_attention  # noqa: E402
 from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, INT8, PORTABLE, REPORT_NAME  # noqa: E402
-from .pooling import EMBEDDING, PooledReference, add_pooling  # noqa: E402
+from .onnx_config import TASKS as ONNX_TASKS, VALIDATION_ATOL  # noqa: E402
+from .pooled import EMBEDDING, PooledReference, add_pooling  # noqa: E402
 from .runtime import CPU, create_session  # noqa: E402
-from .validation import ExportValidationError, agreement, max_positions, tokenised_inputs, validate  # noqa: E402
+from .validation import ExportValidationError, agreement, tokenised_inputs, validate  # noqa: E402
 
 logger = logging.getLogger("rankdyna_exporters")
 
@@ -58,6 +59,9 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
 
     model, tokenizer = _load(source, tokenizer)
     task = task or TasksManager.infer_task_from_model(model)
+    if task not in ONNX_TASKS:
+        raise ValueError(f"`rankdyna export` exports the encoder tasks ({', '.join(ONNX_TASKS)}), not {task!r}: the "
+                         "export of compact causal LMs (text-generation-with-past) is not built yet.")
     if pooling is None and task == "feature-extraction" and isinstance(source, (str, os.PathLike)) and (
             os.path.isfile(os.path.join(source, "modules.json"))):
         pooling = read_pooling(os.fspath(source))

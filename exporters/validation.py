@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from peft_rankdyna.loading import max_positions
+
 # Real sentence pairs (paraphrase-style, as in MRPC/STS) so padding patterns look like real input.
 SENTENCE_PAIRS = [
     ("The company said its quarterly profit rose sharply.", "Quarterly earnings at the firm increased a lot."),
@@ -56,18 +58,6 @@ def reference_outputs(model: torch.nn.Module, feeds: dict[str, np.ndarray], name
     """The PyTorch model's outputs ``names`` (ONNX output names are the model's output keys) in fp32."""
     outputs = model(**{name: torch.from_numpy(value) for name, value in feeds.items()})
     return [outputs[name].float().numpy() for name in names]
-
-
-# Families whose position ids start after the padding index, so they have that many fewer positions.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
-
-
-def max_positions(config: Any) -> int:
-    """The longest sequence the model's position embeddings allow."""
-    limit = getattr(config, "max_position_embeddings", None) or 10**9
-    if config.model_type in _OFFSET_POSITIONS:
-        limit -= config.pad_token_id + 1
-    return limit
 
 
 def max_differences(session: Any, model: torch.nn.Module, tokenizer: Any,

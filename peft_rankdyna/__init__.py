@@ -2,7 +2,8 @@
 
 Importing this package registers RankDyna with PEFT, so ``peft.get_peft_model(model,
 RankDynaConfig(...))`` and ``PeftModel.from_pretrained`` work like for any built-in method; it also
-teaches transformers' Auto classes and (when installed) Optimum's ONNX exporter the compact model.
+teaches transformers' Auto classes the compact model (``import rankdyna_exporters`` teaches Optimum's
+ONNX exporter). The jobs the ``rankdyna`` CLI runs live in :mod:`peft_rankdyna.jobs`.
 """
 
 from .allocator import Allocation, allocate

@@ -126,7 +126,7 @@ class CompactModelMixin:
         config["rankdyna"] = {**config["rankdyna"], "base_model_type": config["model_type"]}
         config["model_type"] = COMPACT_MODEL_TYPE  # plain transformers must refuse this folder
         config["architectures"] = [_base_class(type(self)).__name__]
-        state = {name: tensor.contiguous() for name, tensor in self.state_dict().items()}
+        state = _state_without_tied_copies(self)
 
         def write(folder: str) -> None:
             save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
@@ -138,6 +138,16 @@ class CompactModelMixin:
                 extra_files(folder)
 
         atomic_write_dir(os.fspath(save_directory), write)
+
+
+def _state_without_tied_copies(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict, less the tied weights that are the same tensor as another entry (an LM head tied to the
+    input embeddings): safetensors stores no shared tensors, and loading ties them again."""
+    state = model.state_dict()
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    owners = {state[name].data_ptr() for name in state if name not in tied}
+    return {name: tensor.contiguous() for name, tensor in state.items()
+            if not (name in tied and tensor.data_ptr() in owners)}
 
 
 def _base_class(cls: type) -> type:
@@ -224,7 +234,8 @@ class AutoCompactModel:
             parent_name, _, child = name.rpartition(".")
             module = empty_truncated_module(rank, linear.in_features, linear.out_features, linear.bias is not None)
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-        model.load_state_dict(_load_checked_weights(directory, model), assign=True)
+        # strict=False: a tied LM head is not stored (checked in _load_checked_weights) and is tied below.
+        model.load_state_dict(_load_checked_weights(directory, model), assign=True, strict=False)
         model = make_compact(model, info["ranks"], info.get("target_params")).eval()
         model.tie_weights()
         return model.to(torch_dtype) if torch_dtype is not None else model

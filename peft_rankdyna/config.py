@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -121,9 +122,10 @@ class RankDynaConfig(PeftConfig):
             raise ValueError(f"`importance_updates` must be 'dynamic' or 'frozen', got {self.importance_updates!r}.")
         if self.factor_step_scale != "matched" and not (
             isinstance(self.factor_step_scale, (int, float)) and not isinstance(self.factor_step_scale, bool)
-            and self.factor_step_scale > 0
+            and math.isfinite(self.factor_step_scale) and self.factor_step_scale > 0
         ):
-            raise ValueError(f"`factor_step_scale` must be 'matched' or a number > 0, got {self.factor_step_scale!r}.")
+            raise ValueError(f"`factor_step_scale` must be 'matched' or a finite number > 0, got "
+                             f"{self.factor_step_scale!r}.")
         if self.rank_multiple is not None and (not isinstance(self.rank_multiple, int) or self.rank_multiple < 1):
             raise ValueError(f"`rank_multiple` must be None or an int ≥ 1, got {self.rank_multiple!r}.")
         if self.deltaT <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
 import torch
@@ -22,6 +23,12 @@ NO_DENSE_WEIGHT = (
 
 def check_linear(module: nn.Module, name: str) -> None:
     """RankDyna factors exactly ``torch.nn.Linear`` layers; anything else is a clear error naming ``name``."""
+    if type(module).__name__ == "Conv1D":  # transformers' GPT-2 layout: x @ W + b with W stored in × out
+        raise ValueError(
+            f"Target module {name} is a transformers Conv1D (GPT-2's layers, weight stored in × out); RankDyna "
+            "factors torch.nn.Linear layers only, so GPT-2-family models are not supported yet. Decoders with "
+            "Linear projections (Llama, Mistral, Qwen2, Phi-3) are."
+        )
     if type(module) is not nn.Linear:
         raise ValueError(
             f"Target module {name} is a {type(module).__name__}; RankDyna factors torch.nn.Linear layers only. "
@@ -76,10 +83,11 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
     """
 
     adapter_layer_names = ("rankdyna_U", "rankdyna_s", "rankdyna_Vt")
-    other_param_names = ("rankdyna_mask", "rankdyna_importance")
+    # Every other per-adapter container, so PEFT's own bookkeeping (adapter names, deletion) sees them all.
+    other_param_names = ("rankdyna_mask", "rankdyna_kept", "rankdyna_step_scale", "rankdyna_importance")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, init_budget: Optional[float] = None,
-                 step_scale: Union[str, float] = 1.0) -> None:
+                 factor_step_scale: Union[str, float] = 1.0) -> None:
         super().__init__()
         check_linear(base_layer, type(base_layer).__name__)
         self.base_layer = base_layer
@@ -93,27 +101,31 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         self.rankdyna_step_scale = BufferDict(persistent=True)
         self.rankdyna_importance = nn.ModuleDict()
         self._rank: dict[str, int] = {}
+        # The step scale c as a Python float: the fp32 buffer is rebuilt from it whenever the layer is cast.
+        self._step_scale: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters = []
-        self.update_layer(adapter_name, init_budget, step_scale)
+        self.update_layer(adapter_name, init_budget, factor_step_scale)
         self._active_adapter = adapter_name
         self._loaded_dense_weight: Optional[tuple[str, torch.Tensor]] = None
-        self.register_load_state_dict_pre_hook(_take_loaded_dense_weight)
+        self.register_load_state_dict_pre_hook(_before_load)
         self.register_load_state_dict_post_hook(_after_load)
         self.register_state_dict_post_hook(_add_dense_weight)
 
-    def update_layer(self, adapter_name: str, init_budget: Optional[float], step_scale: Union[str, float]) -> None:
+    def update_layer(self, adapter_name: str, init_budget: Optional[float],
+                     factor_step_scale: Union[str, float]) -> None:
         """Create the factors of ``adapter_name`` from the SVD of the base weight, then drop the weight.
 
-        ``step_scale`` is ``"matched"`` (:func:`matched_step_scale` of the weight) or a number."""
+        ``factor_step_scale`` is ``"matched"`` (:func:`matched_step_scale` of the weight) or a number."""
         weight = self.base_layer.weight
         rank = initial_rank(self.out_features, self.in_features, init_budget)
         U, s, Vt = svd_factors(weight, rank)
-        scale = matched_step_scale(weight) if step_scale == "matched" else float(step_scale)
+        scale = matched_step_scale(weight) if factor_step_scale == "matched" else float(factor_step_scale)
         dtype = weight.dtype
         self.rankdyna_U[adapter_name] = nn.Parameter((U / scale).to(dtype))
         self.rankdyna_s[adapter_name] = nn.Parameter(s.to(dtype))
         self.rankdyna_Vt[adapter_name] = nn.Parameter((Vt / scale).to(dtype))
+        self._step_scale[adapter_name] = scale
         self.rankdyna_step_scale[adapter_name] = torch.tensor(scale, dtype=torch.float32, device=weight.device)
         self.rankdyna_mask[adapter_name] = torch.ones(rank, dtype=torch.bool, device=weight.device)
         self.rankdyna_importance[adapter_name] = GroupImportance(rank, self.out_features, self.in_features).to(
@@ -127,6 +139,20 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
     @property
     def _adapter(self) -> str:
         return self.active_adapters[0]
+
+    @property
+    def factor_step_scale(self) -> float:
+        """The step scale c of the active adapter: ``U`` and ``Vᵀ`` are stored divided by it."""
+        return self._step_scale[self._adapter]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "RankDynaLayer":
+        # `.to(bfloat16)` would round c (by up to 0.4 %) and with it every weight the layer computes:
+        # whatever the cast, the step-scale buffers stay the exact fp32 value, on the new device.
+        super()._apply(fn, recurse)
+        for name, scale in self._step_scale.items():
+            device = self.rankdyna_step_scale[name].device
+            self.rankdyna_step_scale[name] = torch.tensor(scale, dtype=torch.float32, device=device)
+        return self
 
     @property
     def initial_rank(self) -> int:
@@ -163,14 +189,19 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         adapter = self._adapter
         return self.rankdyna_U[adapter], self.rankdyna_s[adapter], self.rankdyna_Vt[adapter]
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The SVD factors ``U, s, Vᵀ`` of all held groups (kept or masked), as the layer computes with them."""
+    def factors(self, kept_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The SVD factors ``U, s, Vᵀ`` (step scale undone) of all held groups, or of the kept ones only."""
         U, s, Vt = self.factor_parameters()
         scale = self.rankdyna_step_scale[self._adapter].to(U.dtype)
-        return U * scale, s, Vt * scale
+        U, Vt = U * scale, Vt * scale
+        if not kept_only or self.rank == self.initial_rank:
+            return U, s, Vt
+        keep = self.rankdyna_kept[self._adapter]
+        return U[:, keep], s[keep], Vt[keep]
 
-    def kept_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``U/c, c²·s, Vᵀ/c`` of the kept groups only: their product is the weight the layer computes with.
+    def _forward_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``U/c, c²·s, Vᵀ/c`` of the kept groups: what the forward multiplies (the stored parameters themselves,
+        so that their gradients are the ones Adam steps on).
 
         A masked group only adds exact zeros, so leaving it out computes the same output with FLOPs
         that shrink with the rank; its gradients are zero either way, and its values stay held.
@@ -185,7 +216,7 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
     def dense_weight(self) -> torch.Tensor:
         """The ``out × in`` weight the layer computes with (kept groups only), detached."""
         with torch.no_grad():
-            return compose(*self.kept_factors()).to(self._base_dtype)
+            return compose(*self._forward_factors()).to(self._base_dtype)
 
     def update_importance(self, beta1: float, beta2: float) -> None:
         """Fold the current gradients into the importance statistics of the kept groups."""
@@ -231,7 +262,7 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
             raise RuntimeError(NO_DENSE_WEIGHT)
-        U, s, Vt = self.kept_factors()
+        U, s, Vt = self._forward_factors()
         result_dtype = x.dtype
         # A model loaded in half precision gets fp32 factors from PEFT; compute in the factors' dtype
         # (autocast still picks its own) and hand back the input's dtype, as PEFT's layers do.
@@ -257,10 +288,19 @@ def _add_dense_weight(module: RankDynaLayer, state_dict: dict, prefix: str, loca
     state_dict[prefix + "base_layer.weight"] = module.dense_weight()
 
 
-def _take_loaded_dense_weight(module: RankDynaLayer, state_dict: dict, prefix: str, *_: Any) -> None:
-    """Load pre-hook: set a dense weight aside (there is no parameter for it) to check once the factors are in."""
+def _before_load(module: RankDynaLayer, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load pre-hook: set a dense weight aside (there is no parameter for it) to check once the factors are in;
+    give factors saved before the step scale existed (no step-scale tensor) their scale, c = 1."""
     weight = state_dict.pop(prefix + "base_layer.weight", None)
     module._loaded_dense_weight = None if weight is None else (prefix + "base_layer.weight", weight)
+    for adapter in module.rankdyna_U:
+        scale_key = f"{prefix}rankdyna_step_scale.{adapter}"
+        if f"{prefix}rankdyna_U.{adapter}" in state_dict and scale_key not in state_dict:
+            state_dict[scale_key] = torch.tensor(1.0, dtype=torch.float32)
+            if not getattr(_before_load, "warned", False):
+                _before_load.warned = True
+                warnings.warn("RankDyna: these factors were saved before `factor_step_scale` existed (no step-scale "
+                              "tensor): they are loaded as they were trained, with a step scale of 1.0.", stacklevel=2)
 
 
 def _after_load(module: RankDynaLayer, _: Any) -> None:
@@ -269,6 +309,7 @@ def _after_load(module: RankDynaLayer, _: Any) -> None:
     A dense weight may come back (a state-dict round trip) only if it is what the loaded factors compute.
     """
     module._refresh_kept()
+    module._step_scale = {name: float(scale) for name, scale in module.rankdyna_step_scale.items()}
     loaded, module._loaded_dense_weight = module._loaded_dense_weight, None
     if loaded is None:
         return

@@ -17,7 +17,20 @@ AUTO_CLASS_BY_TASK_TYPE = {
     "TOKEN_CLS": "AutoModelForTokenClassification",
     "QUESTION_ANS": "AutoModelForQuestionAnswering",
     "FEATURE_EXTRACTION": "AutoModel",
+    "CAUSAL_LM": "AutoModelForCausalLM",
 }
+
+
+# Families whose position ids start after the padding index, so they have that many fewer positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def max_positions(config: Any) -> int:
+    """The longest sequence the model's position embeddings allow."""
+    limit = getattr(config, "max_position_embeddings", None) or 10**9
+    if config.model_type in _OFFSET_POSITIONS:
+        limit -= config.pad_token_id + 1
+    return limit
 
 
 def require_model_folder(path: str) -> None:
@@ -26,11 +39,11 @@ def require_model_folder(path: str) -> None:
         raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer saved beside a model; a folder without one is a clear error."""
+def load_tokenizer(path: str, gguf_file: Optional[str] = None) -> Any:
+    """The tokenizer saved beside a model (or in the GGUF file ``gguf_file`` in ``path``); none is a clear error."""
     require_model_folder(path)
     try:
-        return transformers.AutoTokenizer.from_pretrained(path)
+        return transformers.AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, TypeError, ValueError) as error:
         raise ValueError(f"No usable tokenizer in {path} ({error}); save the tokenizer beside the model.") from None
 

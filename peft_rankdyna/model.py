@@ -83,7 +83,8 @@ class RankDynaModel(BaseTuner):
         if isinstance(target, RankDynaLayer):
             raise ValueError(f"{current_key} is already a RankDyna layer.")
         check_linear(target, current_key)
-        layer = RankDynaLayer(target, adapter_name, peft_config.init_budget, peft_config.factor_step_scale)
+        layer = RankDynaLayer(target, adapter_name, peft_config.init_budget,
+                              factor_step_scale=peft_config.factor_step_scale)
         self._replace_module(parent, target_name, layer, target)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
@@ -97,6 +98,14 @@ class RankDynaModel(BaseTuner):
         if config.train_base_model and not config.inference_mode:
             for _, param in _base_model_parameters(model):
                 param.requires_grad = True
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Refused: a RankDyna adapter's factors are the only copy of its target matrices (there is one adapter)."""
+        raise ValueError(
+            f"RankDyna cannot delete adapter {adapter_name!r}: it replaced the target matrices by their factors, "
+            "so deleting it would throw those weights away. Use `merge_and_unload()` for the compact model, or "
+            "load the base model again."
+        )
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         if not enabled:

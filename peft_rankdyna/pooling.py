@@ -1,4 +1,4 @@
-"""Sentence embeddings: the pooling a sentence-transformers model folder declares, and an encoder that applies it.
+"""Sentence embeddings: the pooling a sentence-transformers model folder declares, and how it is computed.
 
 A sentence-transformers folder (all-MiniLM-L6-v2, say) lists its modules in ``modules.json``: the
 transformer, a ``Pooling`` module configured in ``1_Pooling/config.json`` (mean, CLS or max over
@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers.utils import ModelOutput
 
 POOLING_MODES = ("mean", "cls", "max")
+# The sentence-transformers modules an embedding is computed with here; any other (Dense, say) is refused.
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 # The sentence-transformers files that describe the pooling; copied beside a compact model.
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
                                "1_Pooling")
@@ -48,6 +48,10 @@ def read_pooling(model_dir: str) -> Pooling:
     with open(modules_path, encoding="utf-8") as handle:
         modules = json.load(handle)
     types = [m.get("type", "") for m in modules]
+    unsupported = [t for t in types if not t.endswith(SUPPORTED_MODULES)]
+    if unsupported:
+        raise ValueError(f"{modules_path}: module {unsupported[0]!r} is not one RankDyna computes (it supports "
+                         f"{', '.join(SUPPORTED_MODULES)}); its embeddings would differ from SentenceTransformer's.")
     normalize = any(t.endswith("Normalize") for t in types)
     pooling_module = next((m for m in modules if m.get("type", "").endswith("Pooling")), None)
     if pooling_module is None:
@@ -82,23 +86,3 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     else:
         embedding = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
     return F.normalize(embedding, p=2, dim=-1) if pooling.normalize else embedding
-
-
-class SentenceEncoder(nn.Module):
-    """An encoder (a transformers base model, or a PEFT model around one) followed by the pooling.
-
-    ``forward`` returns the embeddings and, given ``teacher`` embeddings, the distillation loss: the
-    mean squared difference between student and teacher embeddings (sentence-transformers'
-    ``MSELoss``), so ``transformers.Trainer`` trains it as it trains any model.
-    """
-
-    def __init__(self, encoder: nn.Module, pooling: Pooling) -> None:
-        super().__init__()
-        self.encoder, self.pooling = encoder, pooling
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, teacher: Optional[torch.Tensor] = None,
-                **inputs: Any) -> ModelOutput:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
-        embeddings = pool(hidden, attention_mask, self.pooling)
-        loss = None if teacher is None else F.mse_loss(embeddings.float(), teacher.float())
-        return ModelOutput(loss=loss, embeddings=embeddings)

@@ -1,7 +1,14 @@
-"""Default target modules per ``model_type``: Q, K, V, attention output, FFN in and out of every layer.
+"""Default target modules per ``model_type``: the attention and FFN projections of every layer.
 
-Regexes (PEFT full-matches a string ``target_modules``) anchored on the encoder's layer list, so
-that look-alikes outside the encoder (the pooler's ``dense``, a head's ``out_proj``) never match.
+Encoders: Q, K, V, attention output, FFN in and out. Decoders of the Llama family (Llama, Mistral,
+Qwen2/3): q/k/v/o and the gated FFN's gate, up and down projections (grouped-query attention makes
+k and v narrower than q; each matrix is factored at its own shape). Phi-3 fuses q/k/v into one
+``qkv_proj`` and gate/up into ``gate_up_proj``: plain Linears, factored as they are. GPT-2's layers
+are transformers ``Conv1D`` modules (weight stored in × out): its default targets name them, so that
+the layer check refuses them with a clear error instead of PEFT's "target modules not found".
+
+Regexes (PEFT full-matches a string ``target_modules``) anchored on the layer list, so that
+look-alikes outside it (the pooler's ``dense``, a head's ``out_proj``, the LM head) never match.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ _BERT_LIKE = (
     r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
 
+_LLAMA_LIKE = r".*layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
 TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING: dict[str, str] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -24,6 +33,12 @@ TRANSFORMERS_MODELS_TO_RANKDYNA_TARGET_MODULES_MAPPING: dict[str, str] = {
     "electra": _BERT_LIKE,
     "distilbert": r".*transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.(lin1|lin2))",
     "mpnet": r".*encoder\.layer\.\d+\.(attention\.attn\.(q|k|v|o)|intermediate\.dense|output\.dense)",
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "phi3": r".*layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))",
+    "gpt2": r".*h\.\d+\.(attn\.(c_attn|c_proj)|mlp\.(c_fc|c_proj))",
 }
 
 _LAYER_INDEX = re.compile(r"^(?:.*\.)?(?:layers?|blocks?|h)\.(\d+)\.(.+)$")
@@ -33,8 +48,11 @@ _KIND_NAMES = {
     "attention.q_lin": "Q", "attention.k_lin": "K", "attention.v_lin": "V", "attention.out_lin": "attn out",
     "ffn.lin1": "FFN in", "ffn.lin2": "FFN out",
     "attention.attn.q": "Q", "attention.attn.k": "K", "attention.attn.v": "V", "attention.attn.o": "attn out",
+    "self_attn.q_proj": "Q", "self_attn.k_proj": "K", "self_attn.v_proj": "V", "self_attn.o_proj": "attn out",
+    "self_attn.qkv_proj": "QKV", "mlp.gate_proj": "FFN gate", "mlp.up_proj": "FFN in", "mlp.gate_up_proj": "FFN gate+in",
+    "mlp.down_proj": "FFN out",
 }
-KIND_ORDER = ("Q", "K", "V", "attn out", "FFN in", "FFN out")
+KIND_ORDER = ("Q", "K", "V", "QKV", "attn out", "FFN gate", "FFN in", "FFN gate+in", "FFN out")
 
 
 def split_matrix_name(name: str) -> tuple[Optional[int], str]:

@@ -89,8 +89,11 @@ def load_benchmark(name: str) -> Any:
     import importlib.util
     import sys
 
+    folder = os.path.join(REPO_ROOT, "benchmarks")
+    if folder not in sys.path:  # as when a script runs: its sibling scripts import as modules
+        sys.path.insert(0, folder)
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "benchmarks", f"{name}.py"))
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up
         spec.loader.exec_module(module)

@@ -92,7 +92,7 @@ def test_starting_from_a_dense_run_gives_the_two_round_pipelines_model(tmp_path,
     from safetensors.torch import load_file
 
     from peft_rankdyna.compact import WEIGHTS_NAME
-    from peft_rankdyna.pipeline import CompressSettings, compress
+    from peft_rankdyna.jobs import CompressSettings, compress
 
     common = dict(model=tiny_glue_model, task="mrpc", max_steps=3, batch_size=8, max_seq_length=32,
                   max_train_samples=32, max_eval_samples=16, glue_dir=glue_dir, show_progress=False)
@@ -108,7 +108,7 @@ def test_starting_from_a_dense_run_gives_the_two_round_pipelines_model(tmp_path,
 
 
 def test_a_finetuned_model_is_only_for_the_two_round_baselines(tmp_path):
-    from peft_rankdyna.pipeline import CompressSettings, compress
+    from peft_rankdyna.jobs import CompressSettings, compress
 
     for budget, method in [(0.5, "rankdyna"), (None, "svd")]:
         with pytest.raises(ValueError, match="two-round baselines"):
@@ -117,10 +117,10 @@ def test_a_finetuned_model_is_only_for_the_two_round_baselines(tmp_path):
 
 
 def test_a_classifier_with_another_head_size_is_a_clear_error(tmp_path):
-    from peft_rankdyna.data.glue import get_task
-    from peft_rankdyna.pipeline import load_model
+    from peft_rankdyna.jobs.data.glue import get_task
+    from peft_rankdyna.jobs.objectives.classification import load_classifier
 
     tiny_model(num_labels=2).save_pretrained(tmp_path / "mrpc-classifier")
     with pytest.raises(ValueError, match="classification head of another size than task 'stsb' needs"):
-        load_model(str(tmp_path / "mrpc-classifier"), get_task("stsb"))
-    assert load_model(str(tmp_path / "mrpc-classifier"), get_task("mrpc")).config.num_labels == 2
+        load_classifier(str(tmp_path / "mrpc-classifier"), get_task("stsb"))
+    assert load_classifier(str(tmp_path / "mrpc-classifier"), get_task("mrpc")).config.num_labels == 2

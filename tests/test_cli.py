@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from peft_rankdyna.cli import build_parser, main
+from peft_rankdyna.jobs.cli import build_parser, main
 
 
 def test_help_explains_every_option():
@@ -15,7 +15,7 @@ def test_help_explains_every_option():
 
 
 def test_console_script_help_runs():
-    result = subprocess.run([sys.executable, "-m", "peft_rankdyna.cli", "compress", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", "compress", "--help"], capture_output=True,
                             text=True, check=True)
     assert "parameter" in result.stdout
 

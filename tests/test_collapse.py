@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from peft_rankdyna.collapse import check_collapse
-from peft_rankdyna.data.glue import compute_metrics, get_task
-from peft_rankdyna.pipeline import format_results
+from peft_rankdyna.jobs.collapse import check_collapse
+from peft_rankdyna.jobs.data.glue import get_task
+from peft_rankdyna.jobs.data.labelled import compute_metrics
+from peft_rankdyna.jobs.results import format_results
 
 COLA, MRPC, STSB = get_task("cola"), get_task("mrpc"), get_task("stsb")
 LABELS = np.array([1] * 70 + [0] * 30)

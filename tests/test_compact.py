@@ -175,7 +175,7 @@ def test_merge_a_saved_adapter(tmp_path):
 
 
 def test_merge_cli_writes_a_loadable_compact_folder(tmp_path):
-    from peft_rankdyna.cli import main
+    from peft_rankdyna.jobs.cli import main
 
     tiny_model().save_pretrained(tmp_path / "base")
     word_tokenizer(tmp_path / "base")

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from peft_rankdyna.cli import main
+from peft_rankdyna.jobs.cli import main
 from peft_rankdyna.compact import AutoCompactModel
-from peft_rankdyna.data.files import read_texts
-from peft_rankdyna.distill import embed
+from peft_rankdyna.jobs.data.files import read_texts
+from peft_rankdyna.jobs.objectives.embedding_distillation import embed
 from peft_rankdyna.pooling import Pooling, pool, read_pooling
 
 TEXTS = [f"the {a} {b} was {c} today" for a in ("cat", "dog", "man", "film") for b in ("in", "on")
@@ -49,7 +49,17 @@ def test_texts_come_from_lines_or_a_column(tmp_path):
     (tmp_path / "t.tsv").write_text("sentence\tlabel\nx y\t1\n\t0\n")
     assert read_texts(str(tmp_path / "t.tsv")) == ["x y"]
     with pytest.raises(ValueError, match="no text column 'body'"):
-        read_texts(str(tmp_path / "t.tsv"), "body")
+        read_texts(str(tmp_path / "t.tsv"), ["body"])
+
+
+def test_every_named_text_column_gives_its_texts(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,label\nfirst a,first b,1\nsecond a,,0\n")
+    assert read_texts(str(tmp_path / "t.csv"), ["a", "b"]) == ["first a", "second a", "first b"]
+    (tmp_path / "t.jsonl").write_text('{"a": "x", "b": "y"}\n{"a": "z"}\n')
+    with pytest.raises(ValueError, match=r"t.jsonl:2: no 'b' key"):
+        read_texts(str(tmp_path / "t.jsonl"), ["a", "b"])
+    with pytest.raises(ValueError, match="has no columns"):
+        read_texts(str(tmp_path / "t.txt"), ["a"])
 
 
 @pytest.fixture
@@ -110,4 +120,4 @@ def test_distillation_needs_texts_and_a_budget(tmp_path, tiny_glue_model, capsys
     (tmp_path / "t.txt").write_text("a\nb\n")
     assert main(["compress", "--model", tiny_glue_model, "--objective", "embedding-distillation", "--texts",
                  str(tmp_path / "t.txt"), "--dense", "--output", str(tmp_path / "o")]) == 2
-    assert "--method rankdyna or svd and a --budget" in capsys.readouterr().err
+    assert "compresses with --method rankdyna or svd or asvd or svdllm and a --budget" in capsys.readouterr().err

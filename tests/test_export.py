@@ -180,7 +180,7 @@ def test_fp16_graph_runs_on_cpu_and_agrees_with_fp32(tmp_path):
 
 
 def test_cli_export_prints_the_graphs(tmp_path, capsys):
-    from peft_rankdyna.cli import main
+    from peft_rankdyna.jobs.cli import main
 
     folder = tiny_compact_folder(str(tmp_path / "compact"), "distilbert")
     assert main(["export", folder, str(tmp_path / "onnx")]) == 0

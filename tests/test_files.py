@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from peft_rankdyna.data.files import label_maps, load_files
-from peft_rankdyna.data.glue import compute_metrics
+from peft_rankdyna.jobs.data.files import load_files
+from peft_rankdyna.jobs.data.labelled import compute_metrics
 
 
 def _write(path, rows, header=None, sep=","):
@@ -25,7 +25,7 @@ def test_csv_pairs_with_string_labels(tmp_path):
     assert task.text_columns == ("sentence1", "sentence2") and task.labels == ("no", "yes")
     assert train_split.labels == [1, 0, 0] and dev_split.texts == [["i"], ["j"]]
     assert task.metric_names == ("accuracy", "f1") and not task.is_regression
-    assert label_maps(task) == {"id2label": {0: "no", 1: "yes"}, "label2id": {"no": 0, "yes": 1}}
+    assert task.label_maps() == {"id2label": {0: "no", 1: "yes"}, "label2id": {"no": 0, "yes": 1}}
 
 
 def test_tsv_single_text_column_is_inferred_and_three_classes_get_macro_f1(tmp_path):
@@ -43,7 +43,7 @@ def test_jsonl_float_labels_mean_regression(tmp_path):
     train = _write(tmp_path / "train.jsonl", rows)
     train_split, _, task = load_files(train, train)
     assert task.is_regression and task.metric_names == ("pearson", "spearmanr") and train_split.labels == [0.5, 4.0, 3.0]
-    assert label_maps(task) == {}
+    assert task.label_maps() == {}
 
 
 def test_named_text_columns(tmp_path):
@@ -108,7 +108,7 @@ def test_unknown_file_type_and_bad_json(tmp_path):
 
 
 def test_compress_on_own_files_saves_the_label_names_and_checks_before_loading(tmp_path, tiny_glue_model):
-    from peft_rankdyna.cli import main
+    from peft_rankdyna.jobs.cli import main
     from peft_rankdyna.compact import AutoCompactModel
 
     words = ["good", "bad", "great", "awful", "nice", "poor"]

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from peft_rankdyna.data.glue import compute_metrics, get_task, load_glue, read_tsv
+from peft_rankdyna.jobs.data.glue import get_task, load_glue, read_tsv
+from peft_rankdyna.jobs.data.labelled import compute_metrics
 
 
 @pytest.mark.parametrize("task, split, rows", [("mrpc", "train", 3668), ("mrpc", "dev", 408), ("cola", "dev", 1043),

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import load_benchmark
 
-from peft_rankdyna.pipeline import training_device
+from peft_rankdyna.jobs.runner import training_device
 
 glue = load_benchmark("glue")
 
@@ -49,8 +49,8 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
     assert len(json.load(open(out + ".json", encoding="utf-8"))["rows"]) == 5
 
 
-def _record(seed, lr, accuracy, budget=0.5):
-    cell = dict(model="m", task="mrpc", method="rankdyna", budget=budget, seed=seed, learning_rate=lr, epochs=3.0,
+def _record(seed, lr, accuracy, budget=0.5, epochs=3.0):
+    cell = dict(model="m", task="mrpc", method="rankdyna", budget=budget, seed=seed, learning_rate=lr, epochs=epochs,
                 max_seq_length=128, max_train_samples=None, max_steps=-1)
     return {"cell": cell, "metrics": {"accuracy": accuracy}, "target_params": 1, "model_params": 2,
             "flops_ratio": 0.5, "pipeline_wall_s": 10.0, "process_cpu_s": 9.0, "threads": "1",
@@ -109,11 +109,67 @@ def test_summary_refuses_to_average_runs_from_two_kinds_of_hardware(tmp_path):
         glue.main(["summarize", "--runs", str(runs), "--out", str(tmp_path / "glue")])
 
 
-def test_summary_takes_mean_and_std_over_seeds_and_the_best_learning_rate():
+def test_summary_takes_mean_and_std_over_seeds_and_keeps_every_learning_rate():
     rows = glue.summarize([_record(1, 1e-5, 0.5), _record(2, 1e-5, 0.7), _record(1, 5e-5, 0.8), _record(2, 5e-5, 0.9)])
-    assert len(rows) == 1 and rows[0]["learning_rate"] == 5e-5
-    assert rows[0]["metrics"]["accuracy"]["mean"] == pytest.approx(0.85)
-    assert rows[0]["metrics"]["accuracy"]["std"] == pytest.approx(0.0707, abs=1e-3)
+    assert [(row["learning_rate"], row["setting"]) for row in rows] == [(1e-5, {"learning_rate": 1e-5}),
+                                                                         (5e-5, {"learning_rate": 5e-5})]
+    assert [row["metrics"]["accuracy"]["mean"] for row in rows] == pytest.approx([0.6, 0.85])
+    assert [row["metrics"]["accuracy"]["std"] for row in rows] == pytest.approx([0.1414, 0.0707], abs=1e-3)
+    assert glue.summarize([_record(1, 5e-5, 0.8)])[0]["setting"] == {}  # nothing differs: no extra column
+
+
+def test_summary_gives_every_epoch_count_its_own_row_and_drops_none_for_scoring_worse(tmp_path):
+    # The 6-epoch runs score better on the dev set; the summary must not keep them in place of the 3-epoch ones.
+    records = [_record(1, 5e-5, 0.6), _record(2, 5e-5, 0.7), _record(1, 5e-5, 0.8, epochs=6.0),
+               _record(2, 5e-5, 0.9, epochs=6.0)]
+    rows = glue.summarize(records)
+    assert [(row["epochs"], row["setting"], row["seeds"]) for row in rows] == [(3.0, {"epochs": 3.0}, [1, 2]),
+                                                                               (6.0, {"epochs": 6.0}, [1, 2])]
+    assert [row["metrics"]["accuracy"]["mean"] for row in rows] == pytest.approx([0.65, 0.85])
+    table = glue.markdown_table(rows, "mrpc")
+    header, _, three, six = table.splitlines()[2:]
+    assert header.endswith("| peak RSS MiB | epochs | lr | seeds |")
+    assert three.startswith("| 0.5 | RankDyna | 0.6500 ± 0.0707 |") and three.endswith("| 3 | 5e-05 | 1, 2 |")
+    assert six.startswith("| 0.5 | RankDyna | 0.8500 ± 0.0707 |") and six.endswith("| 6 | 5e-05 | 1, 2 |")
+    runs = tmp_path / "runs.jsonl"
+    for record in records:
+        glue.append_line(str(runs), {**record, "host": "h", "cpus": 2})
+    out = str(tmp_path / "glue")
+    assert glue.main(["summarize", "--runs", str(runs), "--out", out]) == 0
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "settings that differ, each value in its own rows (a column in the tables): epochs 3.0, 6.0" in text
+    assert "| 0.6500 ± 0.0707 |" in text and "| 0.8500 ± 0.0707 |" in text
+    saved = json.load(open(out + ".json", encoding="utf-8"))["rows"]
+    assert [(row["setting"], row["metrics"]["accuracy"]["mean"]) for row in saved] == [
+        ({"epochs": 3.0}, pytest.approx(0.65)), ({"epochs": 6.0}, pytest.approx(0.85))]
+    # One setting on its own is the reader's choice, by name, never the summary's by score.
+    assert glue.main(["summarize", "--runs", str(runs), "--out", out, "--where", "epochs=3"]) == 0
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "2 runs with epochs=3 (`--where`)" in text and "| 0.6500 ± 0.0707 |" in text and "0.8500" not in text
+    with pytest.raises(SystemExit, match="--where names epoch, which no run"):
+        glue.main(["summarize", "--runs", str(runs), "--out", out, "--where", "epoch=3"])
+
+
+def test_plot_draws_one_line_per_method_and_setting(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def record(method, budget, epochs, accuracy):
+        base = _record(1, 5e-5, accuracy, budget=budget, epochs=epochs)
+        return {**base, "cell": {**base["cell"], "method": method}}
+
+    rows = glue.summarize([record(method, budget, epochs, 0.5 + epochs / 20) for epochs in (3.0, 6.0)
+                           for method, budget in (("dense", None), ("rankdyna", 0.5), ("rankdyna", 0.25))])
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, path, **kw: saved.append(figure))
+    glue.plot_scores(rows, str(tmp_path / "plot.png"))
+    handles = dict(zip(*reversed(saved[0].axes[0].get_legend_handles_labels())))
+    assert sorted(handles) == ["RankDyna (epochs 3)", "RankDyna (epochs 6)", "dense fine-tuning (epochs 3)",
+                               "dense fine-tuning (epochs 6)"]
+    for epochs in (3, 6):  # each setting's line joins its own two budgets
+        line = handles[f"RankDyna (epochs {epochs})"].lines[0]
+        assert list(line.get_xdata()) == [0.25, 0.5] and list(line.get_ydata()) == [0.5 + epochs / 20] * 2
+        assert handles[f"dense fine-tuning (epochs {epochs})"].get_ydata()[0] == 0.5 + epochs / 20
+    assert handles["RankDyna (epochs 3)"].lines[0].get_marker() != handles["RankDyna (epochs 6)"].lines[0].get_marker()
 
 
 def test_a_zero_score_is_printed_and_an_unrecorded_cpu_time_is_a_dash():

@@ -38,7 +38,7 @@ def test_a_truncated_model_keeps_the_top_groups_of_every_matrix():
 
 
 def test_the_committed_rank_patterns_rebuild_the_compact_models_of_their_runs():
-    from peft_rankdyna.report import model_report
+    from peft_rankdyna.accounting import model_report
 
     dense = gpu_check.dense_model(gpu_check.MINILM_SHAPE)
     patterns = gpu_check.rank_patterns(False, dense)

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peft_rankdyna import RankDynaConfig, allocate
 from peft_rankdyna.loading import load_rankdyna_adapter
-from peft_rankdyna.pipeline import CompressSettings, compress
+from peft_rankdyna.jobs import CompressSettings, compress
 
 pytestmark = pytest.mark.real_model
 
@@ -90,7 +90,7 @@ def test_merge_of_minilm_equals_the_masked_model():
 
 
 def test_rank_multiple_shows_its_effect_in_the_results(tmp_path, glue_dir):
-    from peft_rankdyna.pipeline import format_results
+    from peft_rankdyna.jobs.results import format_results
 
     settings = CompressSettings(
         model=minilm_path(), task="mrpc", output_dir=str(tmp_path), budget=0.25, max_steps=8, batch_size=8,
@@ -107,7 +107,7 @@ def test_rank_multiple_shows_its_effect_in_the_results(tmp_path, glue_dir):
 @pytest.mark.parametrize("method", ["svd", "fwsvd"])
 def test_two_round_baselines_end_to_end(tmp_path, glue_dir, method):
     from peft_rankdyna import AutoCompactModel
-    from peft_rankdyna.pipeline import format_results
+    from peft_rankdyna.jobs.results import format_results
 
     settings = CompressSettings(
         model=minilm_path(), task="mrpc", output_dir=str(tmp_path), budget=0.25, method=method, max_steps=4,

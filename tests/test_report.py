@@ -5,8 +5,8 @@ import torch
 from conftest import tiny_model, trained_model, word_tokenizer, wrapped_model
 
 
-from peft_rankdyna.cli import main
-from peft_rankdyna.report import matrix_table, model_report
+from peft_rankdyna.jobs.cli import main
+from peft_rankdyna.accounting import matrix_table, model_report
 
 
 def test_dense_model_report():
@@ -74,7 +74,7 @@ def test_report_of_a_folder_that_is_not_a_model(tmp_path, capsys):
 
 def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
-    from peft_rankdyna.plots import plot_history, plot_rank_heatmap
+    from peft_rankdyna.jobs.plots import plot_history, plot_rank_heatmap
 
     rows = matrix_table(trained_model().merge_and_unload())
     history = [{"step": s, "budget": 1000 - 50 * s, "kept_params": 990 - 50 * s,

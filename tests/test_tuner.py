@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from conftest import TINY_CONFIGS, tiny_batch, tiny_model
@@ -127,13 +129,22 @@ def test_adapter_cannot_be_disabled():
             pass
 
 
-def test_orthogonality_penalty_matches_a_hand_computation():
-    layer = RankDynaLayer(nn.Linear(2, 3), "default")
-    U, _, Vt = layer.factor_parameters()
+@pytest.mark.parametrize("step_scale", [1.0, 0.25, 4.0])
+def test_orthogonality_penalty_matches_a_hand_computation(step_scale):
+    layer = RankDynaLayer(nn.Linear(2, 3), "default", factor_step_scale=step_scale)
+    U, _, Vt = layer.factor_parameters()  # stored as U/c and Vᵀ/c: the penalty is on U and Vᵀ themselves
     with torch.no_grad():
-        U.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))  # UᵀU − I = [[0, 1], [1, 1]]: 3
-        Vt.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # VᵀV − I = [[0, 0], [0, 3]]: 9
-    assert float(layer.orthogonality_penalty().detach()) == 12.0
+        U.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]) / step_scale)  # UᵀU − I = [[0, 1], [1, 1]]: 3
+        Vt.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]) / step_scale)  # VᵀV − I = [[0, 0], [0, 3]]: 9
+    assert float(layer.orthogonality_penalty().detach()) == 12.0  # c a power of 2: every value above is exact
+
+
+@pytest.mark.parametrize("step_scale", ["matched", 0.1, 1.0, 3.0])
+def test_orthogonality_penalty_is_zero_at_initialisation_whatever_the_step_scale(step_scale):
+    torch.manual_seed(0)
+    layer = RankDynaLayer(nn.Linear(24, 16), "default", factor_step_scale=step_scale)
+    # The SVD factors are orthonormal; the stored U/c and Vᵀ/c are not (their Gram matrices are I/c²).
+    assert float(layer.orthogonality_penalty().detach()) < 1e-8
 
 
 def test_orthogonality_regulariser_is_added_to_the_loss():
@@ -154,43 +165,121 @@ def test_orthogonality_regulariser_is_added_to_the_loss():
     torch.testing.assert_close(loss_reg, loss_plain + 10.0 * penalty)
 
 
-@pytest.mark.parametrize("step_scale", ["matched", 0.25, 1.0])
-def test_an_adam_step_moves_the_factors_by_the_step_scale(step_scale):
+def _weight_with_known_svd(out_features, in_features, seed=0):
+    """W = U·diag(s)·Vᵀ built from chosen orthonormal U, Vᵀ and singular values s = r, r−1, …, 1 (r = min shape),
+    so ‖W‖_F² = Σ k² = r(r+1)(2r+1)/6 is known without asking the library (or torch.linalg.norm)."""
+    generator = torch.Generator().manual_seed(seed)
+    rank = min(out_features, in_features)
+    U = torch.linalg.qr(torch.randn(out_features, rank, generator=generator))[0]
+    Vt = torch.linalg.qr(torch.randn(in_features, rank, generator=generator))[0].T
+    s = torch.arange(rank, 0, -1, dtype=torch.float32)
+    return (U * s) @ Vt, U, s, Vt
+
+
+def _linear(weight):
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return linear
+
+
+# 16 × 24, singular values 16, …, 1: ‖W‖_F = √(16·17·33/6) = √1496, so the matched c is √(16·24) / (√1496·√(16+24)).
+MATCHED_16x24 = (16 * 24) ** 0.5 / (1496**0.5 * 40**0.5)
+
+
+def test_matched_step_scale_of_a_matrix_of_known_norm():
     from peft_rankdyna.layer import matched_step_scale
 
-    linear = nn.Linear(24, 16)
-    expected_scale = matched_step_scale(linear.weight) if step_scale == "matched" else step_scale
-    layer = RankDynaLayer(linear, "default", step_scale=step_scale)
-    U_before = layer.factors()[0].detach().clone()
+    weight = _weight_with_known_svd(16, 24)[0]
+    assert matched_step_scale(weight) == pytest.approx(MATCHED_16x24, rel=1e-5)
+    assert MATCHED_16x24 == pytest.approx(0.0801, abs=1e-4)  # the closed form above, evaluated by hand
+    weight = torch.full((384, 1536), 0.5)  # ‖W‖_F = 0.5·√(384·1536): c = 1/(0.5·√1920) = 0.04564
+    assert matched_step_scale(weight) == pytest.approx(0.04564, abs=1e-5)
+    assert matched_step_scale(torch.zeros(3, 4)) == 1.0  # no norm to match: plain steps
+
+
+@pytest.mark.parametrize("step_scale", ["matched", 0.25, 1.0, 3.0])
+def test_an_adam_step_moves_the_factors_by_the_step_scale(step_scale):
+    linear = _linear(_weight_with_known_svd(16, 24)[0])
+    expected_scale = MATCHED_16x24 if step_scale == "matched" else step_scale
+    layer = RankDynaLayer(linear, "default", factor_step_scale=step_scale)
+    assert layer.factor_step_scale == pytest.approx(expected_scale, rel=1e-5)
+    U_before, s_before, Vt_before = (f.detach().clone() for f in layer.factors())
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
-    layer(torch.randn(8, 24)).pow(2).sum().backward()
+    torch.manual_seed(0)
+    ((layer(torch.randn(8, 24)) - torch.randn(8, 16)) ** 2).sum().backward()
     optimizer.step()  # Adam's first step moves every element with a gradient by lr exactly (m/√v = ±1)
-    moved = (layer.factors()[0].detach() - U_before).abs()
-    torch.testing.assert_close(moved, torch.full_like(moved, 1e-3 * expected_scale), rtol=1e-3, atol=1e-8)
+    U_after, s_after, Vt_after = (f.detach() for f in layer.factors())
+    for before, after in ((U_before, U_after), (Vt_before, Vt_after)):  # the true U, Vᵀ move c times as far
+        moved = (after - before).abs()
+        torch.testing.assert_close(moved, torch.full_like(moved, 1e-3 * expected_scale), rtol=2e-3, atol=1e-8)
+    # s is stored as it is (the forward multiplies it by c²): its own step is lr
+    torch.testing.assert_close((s_after - s_before).abs(), torch.full_like(s_before, 1e-3), rtol=2e-3, atol=1e-8)
 
 
-def test_the_step_scale_changes_the_steps_not_the_function():
-    linear = nn.Linear(24, 16)
+@pytest.mark.parametrize("step_scale", ["matched", 0.1, 1.0, 3.0])
+def test_the_step_scale_changes_the_steps_not_the_function(step_scale):
+    weight, U, s, Vt = _weight_with_known_svd(16, 24)
+    linear = _linear(weight)
     x = torch.randn(5, 24)
-    expected = linear(x)
-    for step_scale in ("matched", 0.1, 1.0):
-        layer = RankDynaLayer(nn.Linear(24, 16), "default", step_scale=step_scale)
-        layer.load_state_dict({"base_layer.bias": linear.bias.detach()}, strict=False)
-        with torch.no_grad():
-            U, s, Vt = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
-            scale = float(layer.rankdyna_step_scale["default"])
-            for param, value in zip(layer.factor_parameters(), (U / scale, s, Vt / scale)):
-                param.copy_(value)
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(layer.dense_weight(), linear.weight.detach(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        expected = linear(x)
+    scale = MATCHED_16x24 if step_scale == "matched" else step_scale
+    layer = RankDynaLayer(copy.deepcopy(linear), "default", factor_step_scale=step_scale)  # through update_layer
+    assert layer.factor_step_scale == pytest.approx(scale, rel=1e-5)
+    stored_U, stored_s, stored_Vt = (p.detach() for p in layer.factor_parameters())
+    # W's SVD is unique up to the sign of each (u_k, v_k) pair: take the signs from the stored U.
+    signs = torch.sign((stored_U * U).sum(0))
+    torch.testing.assert_close(stored_U, U * signs / scale, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stored_Vt, signs[:, None] * Vt / scale, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stored_s, s, atol=1e-4, rtol=1e-5)
+    true_U, true_s, true_Vt = (f.detach() for f in layer.factors())
+    torch.testing.assert_close(true_U, U * signs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(true_Vt, signs[:, None] * Vt, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer.dense_weight(), weight, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-5)
+
+
+def _relative_adam_step(module, weight, x, target, lr):
+    """‖ΔW‖_F / ‖W‖_F after one Adam step on the squared error, W read by ``weight()``."""
+    before = weight().detach().clone()
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    ((module(x) - target) ** 2).sum().backward()
+    optimizer.step()
+    return float((weight().detach() - before).norm() / before.norm())
 
 
 def test_matched_step_scale_is_the_ratio_of_dense_to_factored_adam_steps():
-    from peft_rankdyna.layer import matched_step_scale
+    """One Adam step at the same lr: dense moves W by lr·√(out·in) (every element by lr). The factored layer moves
+    U by c·lr per element, i.e. W by c·lr·√out·‖W‖_F through U and c·lr·√in·‖W‖_F through Vᵀ (exactly: U, V are
+    orthonormal); matched c makes each of those the share √(out/(out+in)), √(in/(out+in)) of the dense step.
 
-    weight = torch.full((384, 1536), 0.5)  # ‖W‖_F = 0.5·√(384·1536)
-    assert matched_step_scale(weight) == pytest.approx((384 * 1536) ** 0.5 / (0.5 * (384 * 1536) ** 0.5 * 1920 ** 0.5))
-    assert matched_step_scale(torch.zeros(3, 4)) == 1.0
+    The two are not orthogonal, as the closed form assumes: both descend the same gradient (cosine ≈ 0.5 here), and s
+    adds c²·lr·√r, so the matched factored step measures 1.3× the dense one (1.22–1.38 over the shapes 16×24 to
+    32×96 and seeds tried). At c = 1 it is 1/c as large again: ~4× dense for this weight (c = 0.315; MiniLM: 2–3×).
+    """
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.3)  # ‖W‖_F ≈ 0.3·√(48·64): c ≈ 1/(0.3·√112) ≈ 0.315, far from 1
+    x, target, lr = torch.randn(32, 64), torch.randn(32, 48), 1e-4
+    norm = float(linear.weight.detach().pow(2).sum().sqrt())
+    matched = (48 * 64) ** 0.5 / (norm * 112**0.5)
+    assert matched == pytest.approx(0.315, abs=0.01)
+
+    dense = copy.deepcopy(linear)
+    dense_step = _relative_adam_step(dense, lambda: dense.weight, x, target, lr)
+    assert dense_step == pytest.approx(lr * (48 * 64) ** 0.5 / norm, rel=1e-3)  # every element moved by lr
+
+    steps = {}
+    for step_scale in ("matched", 1.0):
+        layer = RankDynaLayer(copy.deepcopy(linear), "default", factor_step_scale=step_scale)
+        steps[step_scale] = _relative_adam_step(layer, layer.dense_weight, x, target, lr) / dense_step
+    assert 0.8 < steps["matched"] < 1.5, steps  # about the dense step (1.30 measured)
+    assert steps[1.0] > 3.0, steps  # plain Adam on the factors: 3.98 measured
+    # The U and Vᵀ steps scale with c, the s step with c²: removing c multiplies the step by about 1/c.
+    assert steps[1.0] / steps["matched"] == pytest.approx(1 / matched, rel=0.1), steps
 
 
 @pytest.mark.parametrize("bad", ["auto", 0, -1.0, True])

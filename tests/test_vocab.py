@@ -9,7 +9,7 @@ from transformers import BertTokenizerFast
 
 from peft_rankdyna.baselines import factor_model
 from peft_rankdyna.compact import AutoCompactModel
-from peft_rankdyna.vocab import trim_vocabulary, used_token_ids
+from peft_rankdyna.jobs.vocab import trim_vocabulary, used_token_ids
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "playing", "##ing", "##ed", "##s", "the", "cat",
          "dog", "sat", "on", "mat", "a", "big", "small", "red"]
@@ -58,7 +58,7 @@ def test_trimming_refuses_what_it_cannot_do(tmp_path):
 
 
 def test_cli_trim_vocab_writes_a_compact_folder_that_loads(tmp_path, capsys):
-    from peft_rankdyna.cli import main
+    from peft_rankdyna.jobs.cli import main
 
     factor_model(tiny_model(), 0.5).save_pretrained(tmp_path / "compact", tokenizer=_tokenizer(tmp_path))
     (tmp_path / "texts.txt").write_text("\n".join(KEPT_TEXT))
@@ -75,7 +75,7 @@ def test_cli_trim_vocab_writes_a_compact_folder_that_loads(tmp_path, capsys):
 
 
 def test_a_tokenizer_that_tokenizes_differently_is_caught_before_the_model_changes(tmp_path, monkeypatch):
-    import peft_rankdyna.vocab as vocab
+    import peft_rankdyna.jobs.vocab as vocab
 
     tokenizer, model = _tokenizer(tmp_path), tiny_model()
     monkeypatch.setattr(vocab, "_renumbered", lambda full, state, new_id: full)  # ids not renumbered

@@ -34,6 +34,7 @@ def factor_model(
     budget: float,
     target_modules: Optional[list[str]] = None,
     row_importance: Optional[Mapping[str, torch.Tensor]] = None,
+    input_transform: Optional[Mapping[str, tuple[torch.Tensor, torch.Tensor]]] = None,
 ) -> nn.Module:
     """Replace every target Linear by its rank-r truncation, r uniform and chosen to meet ``budget``.
 
@@ -44,6 +45,8 @@ def factor_model(
         target_modules: module names to factor (default: the model type's default targets).
         row_importance: per module name, one non-negative weight per output row. Given, the SVD is
             taken of diag(√I)·W and un-weighted after (FWSVD); absent, plain SVD.
+        input_transform: per module name, ``(S, S⁻¹)`` (in × in). Given, the SVD is taken of W·S and
+            ``Vᵀ`` multiplied by S⁻¹ after (ASVD scaling, SVD-LLM whitening: :mod:`.activations`).
     """
     check_budget(budget, "budget")
     names = target_modules or default_target_names(model)
@@ -57,12 +60,13 @@ def factor_model(
         linear = model.get_submodule(name)
         weight = linear.weight.float()
         held = min(weight.shape)
-        if row_importance is None:
-            U, s, Vt = svd_factors(weight, held)
-        else:
-            scale = row_importance[name].float().clamp_min(1e-12).sqrt().to(weight.device)
-            U, s, Vt = svd_factors(scale[:, None] * weight, held)
-            U = U / scale[:, None]
+        rows = None if row_importance is None else (
+            row_importance[name].float().clamp_min(1e-12).sqrt().to(weight.device))
+        S, S_inv = (None, None) if input_transform is None else (t.to(weight.device) for t in input_transform[name])
+        weighted = weight if rows is None else rows[:, None] * weight
+        U, s, Vt = svd_factors(weighted if S is None else weighted @ S, held)
+        U = U if rows is None else U / rows[:, None]
+        Vt = Vt if S_inv is None else Vt @ S_inv
         keep = torch.arange(held, device=weight.device) < rank
         parent_name, _, child = name.rpartition(".")
         module = truncate(U, s, Vt, keep, linear.bias).to(linear.weight.dtype)

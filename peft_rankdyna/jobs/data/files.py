@@ -6,20 +6,39 @@ other columns, else it must be named. Labels that are all numbers, one of them w
 (``3.5``, ``4.0``), make a regression task; any other labels are classes, mapped to ids in sorted order (the mapping is
 saved in the model's config as ``id2label``/``label2id``). Every problem with a file is a
 ``ValueError`` naming the file and the line or column, raised before any model is loaded.
+
+One rule per format, so that rows are never merged or padded silently:
+
+- TSV: a field is everything between two tabs; quotes are ordinary characters (GLUE's own files
+  are read the same way). A row with more or fewer fields than the header is an error.
+- CSV: standard quoting (a field with a comma is written in double quotes, ``""`` is a quote),
+  but a field may not span lines: a row that does (an unclosed quote, usually) is an error naming
+  the line it starts on, as is a row with more or fewer fields than the header.
+- JSON lines: one object per line; an object without one of the columns used is an error.
+- Regression labels must be finite numbers (``nan`` and ``inf`` are errors).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from .glue import GlueSplit, GlueTask
+from .labelled import LabelledSplit, LabelledTask
 
 PAIR_NAMES = ("sentence1", "sentence2")
 SINGLE_NAMES = ("sentence", "text")
+
+
+@dataclass(frozen=True)
+class FileTask(LabelledTask):
+    """A task made from your own files: what it predicts, and the columns its text and labels came from."""
+
+    text_columns: tuple[str, ...] = ()
+    label_column: str = "label"
 
 
 @dataclass
@@ -41,19 +60,30 @@ def read_table(path: str) -> _Table:
         return _read_json_lines(path)
     if extension not in (".csv", ".tsv"):
         raise ValueError(f"{path}: unknown file type {extension!r}; use .csv, .tsv or .jsonl (JSON lines).")
+    quoting = {"quoting": csv.QUOTE_NONE} if extension == ".tsv" else {}
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if extension == ".tsv" else ",")
-        if not reader.fieldnames:
+        reader = csv.reader(handle, delimiter="\t" if extension == ".tsv" else ",", **quoting)
+        header = next(reader, None)
+        if not header:
             raise ValueError(f"{path}: the file is empty (no header, no rows).")
-        rows, lines = [], []
-        for row in reader:
-            if None in row:
-                raise ValueError(f"{path}:{reader.line_num}: more fields than the header has columns.")
-            rows.append({k: (v or "") for k, v in row.items()})
-            lines.append(reader.line_num)
+        rows, lines, previous_line = [], [], reader.line_num
+        for fields in reader:
+            line = previous_line + 1
+            if reader.line_num != line:
+                raise ValueError(f"{path}:{line}: a quoted field runs over {reader.line_num - line + 1} lines "
+                                 "(an unclosed double quote?); fields may not span lines.")
+            previous_line = reader.line_num
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                which = "more" if len(fields) > len(header) else "fewer"
+                raise ValueError(f"{path}:{line}: {len(fields)} fields, {which} than the header's {len(header)} "
+                                 "columns.")
+            rows.append(dict(zip(header, fields)))
+            lines.append(line)
     if not rows:
         raise ValueError(f"{path}: no data rows below the header.")
-    return _Table(path, list(reader.fieldnames), rows, lines)
+    return _Table(path, header, rows, lines)
 
 
 def _read_json_lines(path: str) -> _Table:
@@ -100,10 +130,18 @@ def infer_columns(table: _Table, text_columns: Optional[Sequence[str]], label_co
     for name in [*texts, label]:
         if name not in table.columns:
             raise ValueError(f"{table.path}: no column {name!r} (columns: {', '.join(table.columns)}).")
+        _require_in_every_row(table, name)
     for name in texts:
         if not any(row.get(name, "").strip() for row in table.rows):
             raise ValueError(f"{table.path}: text column {name!r} is empty in every row.")
     return texts, label
+
+
+def _require_in_every_row(table: _Table, column: str) -> None:
+    """A JSON-lines object without ``column`` is an error naming its line (CSV/TSV rows all have every column)."""
+    for row, line in zip(table.rows, table.lines):
+        if column not in row:
+            raise ValueError(f"{table.path}:{line}: no {column!r} key in this line's object.")
 
 
 def _is_float_text(text: str) -> bool:
@@ -112,11 +150,11 @@ def _is_float_text(text: str) -> bool:
 
 
 def _is_number(text: str) -> bool:
+    """A finite number: ``nan`` and ``inf`` are no label to learn."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _label_kind(table: _Table, label: str) -> Optional[tuple[str, ...]]:
@@ -136,7 +174,7 @@ def _label_kind(table: _Table, label: str) -> Optional[tuple[str, ...]]:
 
 
 def _split(table: _Table, texts: list[str], label: str, classes: Optional[tuple[str, ...]], train_path: str
-           ) -> GlueSplit:
+           ) -> LabelledSplit:
     labels = []
     for row, line in zip(table.rows, table.lines):
         value = row[label].strip()
@@ -150,11 +188,11 @@ def _split(table: _Table, texts: list[str], label: str, classes: Optional[tuple[
                              f"(its labels: {', '.join(classes)}).")
         else:
             labels.append(classes.index(value))
-    return GlueSplit(texts=[[row[name] for row in table.rows] for name in texts], labels=labels)
+    return LabelledSplit(texts=[[row[name] for row in table.rows] for name in texts], labels=labels)
 
 
 def load_files(train_file: str, validation_file: str, text_columns: Optional[Sequence[str]] = None,
-               label_column: Optional[str] = None) -> tuple[GlueSplit, GlueSplit, GlueTask]:
+               label_column: Optional[str] = None) -> tuple[LabelledSplit, LabelledSplit, FileTask]:
     """Both splits of your own data and the task they make (labels, metrics), checked before any training.
 
     Classification is scored by accuracy and F1 (two classes) or macro-F1 (more), regression by Pearson
@@ -170,37 +208,35 @@ def load_files(train_file: str, validation_file: str, text_columns: Optional[Seq
         metrics: tuple[str, ...] = ("pearson", "spearmanr")
     else:
         metrics = ("accuracy", "f1") if len(classes) == 2 else ("accuracy", "macro_f1")
-    task = GlueTask(name=os.path.splitext(os.path.basename(train_file))[0], folder="", text_columns=tuple(texts),
-                    label_column=label, labels=classes, metric_names=metrics)
+    task = FileTask(name=os.path.splitext(os.path.basename(train_file))[0], labels=classes, metric_names=metrics,
+                    text_columns=tuple(texts), label_column=label)
     return (_split(train_table, texts, label, classes, train_file), _split(dev_table, texts, label, classes, train_file),
             task)
 
 
-def label_maps(task: GlueTask) -> dict[str, Any]:
-    """``id2label``/``label2id`` for the model config of a classification task (nothing for regression)."""
-    if task.labels is None:
-        return {}
-    return {"id2label": dict(enumerate(task.labels)), "label2id": {name: i for i, name in enumerate(task.labels)}}
+def read_texts(path: str, columns: Optional[Sequence[str]] = None) -> list[str]:
+    """Texts from a plain text file (one per line) or from columns of a CSV/TSV/JSON-lines file.
 
-
-def read_texts(path: str, column: Optional[str] = None) -> list[str]:
-    """Texts from a plain text file (one per line) or from a column of a CSV/TSV/JSON-lines file.
-
-    Without ``column``, every text column inferred as for labelled data (``sentence1``/``sentence2``,
-    ``sentence``, ``text``, ...) gives its texts. Empty texts are dropped; none left is an error.
+    Every column named in ``columns`` gives its texts, column after column; without ``columns``, every
+    text column inferred as for labelled data (``sentence1``/``sentence2``, ``sentence``, ``text``).
+    Empty texts are dropped; none left is an error.
     """
     if path.endswith(".txt"):
+        if columns:
+            raise ValueError(f"{path}: a .txt file holds one text per line and has no columns; drop --text-columns.")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Text file not found: {path}")
         with open(path, encoding="utf-8") as handle:
             texts = [line.strip() for line in handle]
     else:
         table = read_table(path)
-        columns = [column] if column else [c for c in (*PAIR_NAMES, *SINGLE_NAMES) if c in table.columns]
+        columns = list(columns) if columns else [c for c in (*PAIR_NAMES, *SINGLE_NAMES) if c in table.columns]
         missing = [c for c in columns if c not in table.columns]
         if missing or not columns:
             raise ValueError(f"{path}: no text column {missing[0] if missing else ''!r} (columns: "
                              f"{', '.join(table.columns)}); name it with --text-columns.")
+        for column in columns:
+            _require_in_every_row(table, column)
         texts = [row[c].strip() for c in columns for row in table.rows]
     texts = [t for t in texts if t]
     if not texts:

@@ -14,9 +14,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from peft_rankdyna.data.glue import compute_metrics, get_task, load_glue
+from .data.glue import get_task, load_glue
+from .data.labelled import compute_metrics
 
-from .validation import max_positions
+from ..loading import max_positions
 
 
 def longest_input(folder: str, limit: int = 128) -> int:

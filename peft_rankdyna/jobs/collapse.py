@@ -2,7 +2,8 @@
 
 A classifier that gives every dev example the same label scores exactly what predicting the
 majority class scores (CoLA's Matthews correlation 0.0, MRPC's F1 0.81), which can look like a
-number. :func:`check_collapse` compares the model with that constant predictor and says so loudly.
+number. :func:`check_collapse` compares the model with that constant predictor and says so loudly;
+:func:`check_embedding_collapse` does the same for a distilled embedding model (one vector for every text).
 """
 
 from __future__ import annotations
@@ -77,3 +78,22 @@ def check_collapse(
     else:
         message = ""
     return CollapseReport(collapsed, share, baseline, message)
+
+
+def check_embedding_collapse(student: np.ndarray, teacher: np.ndarray) -> CollapseReport:
+    """Has a distilled student collapsed onto (nearly) one embedding for every text?
+
+    The student's embeddings of the validation texts must spread around their mean by more than
+    :data:`CONSTANT_SPREAD` of what the teacher's do (root mean squared distance to the mean); a
+    student that maps every text to about the same vector can still show a fair mean cosine to a
+    teacher whose embeddings share a large common direction.
+    """
+    def spread(embeddings: np.ndarray) -> float:
+        return float(np.sqrt(((embeddings - embeddings.mean(0)) ** 2).sum(-1).mean()))
+
+    student_spread, teacher_spread = spread(np.asarray(student, float)), spread(np.asarray(teacher, float))
+    collapsed = student_spread <= CONSTANT_SPREAD * teacher_spread
+    message = (f"the student gives every validation text nearly the same embedding (spread {student_spread:.3g} "
+               f"against the teacher's {teacher_spread:.3g})" if collapsed else "")
+    return CollapseReport(collapsed, message=message,
+                          details={"student_spread": student_spread, "teacher_spread": teacher_spread})

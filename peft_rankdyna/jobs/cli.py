@@ -1,10 +1,14 @@
-"""The ``rankdyna`` console script: thin argument parsing over the package's modules."""
+"""The ``rankdyna`` console script: thin argument parsing over the jobs and the exporter."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional, Sequence
+
+
+# The objectives' names, listed here so that `rankdyna --help` does not import torch (tested against the registry).
+OBJECTIVE_NAMES = ("classification", "embedding-distillation", "causal-lm")
 
 
 def _fraction_or_steps(text: str) -> float | int:
@@ -16,7 +20,7 @@ def _config_defaults() -> dict:
     """RankDynaConfig's field defaults: the CLI's defaults are the config's, never a copy of them."""
     import dataclasses
 
-    from .config import RankDynaConfig
+    from ..config import RankDynaConfig
 
     return {f.name: f.default for f in dataclasses.fields(RankDynaConfig)}
 
@@ -29,24 +33,29 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compress",
         help="fine-tune and compress a model on a GLUE task or your own files in one round",
-        description="Fine-tune a pre-trained encoder on a GLUE task (or your own CSV/TSV/JSON-lines files) while RankDyna prunes its target matrices "
-        "to a parameter budget; prints the dev metrics, parameter counts and wall time.",
+        description="Fine-tune a pre-trained model on a GLUE task (or your own CSV/TSV/JSON-lines files), distil a "
+        "sentence-embedding model, or train a causal LM on plain text, while RankDyna prunes its target matrices to "
+        "a parameter budget; prints the dev metrics, parameter counts and wall time.",
     )
-    parser.add_argument("--model", required=True, help="local folder of a pre-trained model (save_pretrained layout)")
+    parser.add_argument("--model", required=True, help="local folder of a pre-trained model (save_pretrained layout), "
+                        "or a .gguf file (de-quantized to fp32 by transformers' loader)")
+    parser.add_argument("--gguf-file", default=None, help="the .gguf file inside the --model folder to load")
     parser.add_argument("--task", default=None, help="GLUE task: mrpc, sst2, cola, stsb, rte, qnli, mnli, qqp "
                         "(or give your own --train-file and --validation-file)")
     parser.add_argument("--train-file", default=None, help="your own training data: .csv, .tsv or .jsonl")
     parser.add_argument("--validation-file", default=None, help="your own validation data, same columns")
     parser.add_argument("--text-columns", nargs="+", default=None, metavar="COLUMN",
                         help="one or two text columns (default: sentence1/sentence2, sentence, text, or the only "
-                        "other columns, as transformers' run_glue.py infers them)")
-    parser.add_argument("--objective", choices=["classification", "embedding-distillation"], default="classification",
-                        help="classification (a labelled task, the default) or embedding-distillation: compress a "
-                        "sentence-embedding model on unlabelled --texts, the dense model as the teacher")
+                        "other columns, as transformers' run_glue.py infers them); with --texts, every column named")
+    parser.add_argument("--objective", choices=list(OBJECTIVE_NAMES), default="classification",
+                        help="classification (a labelled task, the default); embedding-distillation: compress a "
+                        "sentence-embedding model on unlabelled --texts, the dense model as the teacher; causal-lm: "
+                        "next-token prediction on the plain text of --texts, scored by validation perplexity")
     parser.add_argument("--texts", default=None, help="embedding-distillation: a .txt file (one text per line) or "
-                        "a .csv/.tsv/.jsonl file (its text column, see --text-columns)")
-    parser.add_argument("--validation-texts", default=None, help="embedding-distillation: texts to check the "
-                        "student on (default: 5%% of --texts, held out)")
+                        "a .csv/.tsv/.jsonl file (see --text-columns); causal-lm: a plain text file, packed into "
+                        "blocks of --max-seq-length tokens")
+    parser.add_argument("--validation-texts", default=None, help="embedding-distillation and causal-lm: text to check "
+                        "the model on (default: the last 5%% of --texts, held out)")
     parser.add_argument("--label-column", default=None, help="label column (default: label); labels written as "
                         "floats (3.5) mean regression, any others are classes")
     parser.add_argument("--output", required=True, help="folder for results.json, the adapter and the history")
@@ -54,11 +63,15 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget", type=float, default=0.5,
                         help="fraction (0, 1] of the target matrices' parameters to keep (default 0.5)")
     budget.add_argument("--dense", action="store_true", help="plain dense fine-tuning instead (the reference)")
-    parser.add_argument("--method", choices=["rankdyna", "svd", "fwsvd"], default="rankdyna",
-                        help="rankdyna (one round, the default); svd or fwsvd: the two-round baselines (dense "
-                        "fine-tuning, truncation at one uniform rank, fine-tuning again)")
+    parser.add_argument("--method", choices=["rankdyna", "svd", "fwsvd", "asvd", "svdllm"], default="rankdyna",
+                        help="rankdyna (one round, the default); svd, fwsvd (Fisher-weighted rows), asvd (activation-"
+                        "scaled inputs) or svdllm (whitened inputs): the baselines (dense fine-tuning where the "
+                        "objective has a first round, truncation at one uniform rank, fine-tuning again)")
+    parser.add_argument("--calibration-samples", type=int, default=128,
+                        help="asvd/svdllm: how many training examples (the first batches the seeded Trainer draws) "
+                        "calibrate the truncation (default 128)")
     parser.add_argument("--finetuned-model", default=None,
-                        help="svd/fwsvd only: skip the first round and start from this model, already fine-tuned "
+                        help="baselines only: skip the first round and start from this model, already fine-tuned "
                         "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
     parser.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
@@ -93,7 +106,9 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compress(args: argparse.Namespace) -> None:
-    from .pipeline import CompressSettings, compress, format_results
+    from .results import format_results
+    from .runner import compress
+    from .settings import CompressSettings
 
     settings = CompressSettings(
         model=args.model,
@@ -118,17 +133,14 @@ def _run_compress(args: argparse.Namespace) -> None:
         objective=args.objective,
         texts=args.texts,
         validation_texts=args.validation_texts,
+        gguf_file=args.gguf_file,
+        calibration_samples=args.calibration_samples,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
         show_progress=not args.no_progress,
     )
-    if settings.objective == "embedding-distillation":
-        from .distill import distill
-
-        print(format_results(distill(settings)))
-    else:
-        print(format_results(compress(settings)))
+    print(format_results(compress(settings)))
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -148,7 +160,7 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     import json
 
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
     from .report import format_report, report_folder
 
     report = report_folder(args.directory, args.seq_len)
@@ -173,7 +185,7 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 def _run_merge(args: argparse.Namespace) -> None:
     from peft import PeftConfig
 
-    from .loading import load_tokenizer, merge_adapter
+    from ..loading import load_tokenizer, merge_adapter
 
     base = args.base_model or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
     merge_adapter(args.adapter, base).save_pretrained(args.output, tokenizer=load_tokenizer(base))
@@ -204,9 +216,9 @@ def _run_trim_vocab(args: argparse.Namespace) -> None:
     import json
     import os
 
-    from .compact import AutoCompactModel
-    from .loading import load_tokenizer, require_model_folder
-    from .pooling import copy_pooling_files
+    from ..compact import AutoCompactModel
+    from ..loading import load_tokenizer, require_model_folder
+    from ..pooling import copy_pooling_files
     from .vocab import trim_vocabulary
 
     require_model_folder(args.directory)
@@ -217,7 +229,7 @@ def _run_trim_vocab(args: argparse.Namespace) -> None:
     else:
         from .data.files import read_texts
 
-        texts = [text for column in (args.text_columns or [None]) for text in read_texts(args.texts, column)]
+        texts = read_texts(args.texts, args.text_columns)
     model, tokenizer = AutoCompactModel.from_pretrained(args.directory), load_tokenizer(args.directory)
     tokenizer, stats = trim_vocabulary(model, tokenizer, texts)
     stats["texts"] = {"task": args.task, "file": args.texts, "count": len(texts)}
@@ -247,13 +259,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from .data.glue import get_task
-    from .loading import load_folder, load_tokenizer
-    from .pipeline import evaluate
+    from ..loading import load_folder, load_tokenizer
+    from .data.glue import get_task, load_glue
+    from .objectives.classification import evaluate
 
     task = get_task(args.task)
-    metrics = evaluate(load_folder(args.directory), load_tokenizer(args.directory), task, args.glue_dir,
-                       args.max_seq_length)
+    metrics = evaluate(load_folder(args.directory), load_tokenizer(args.directory), task,
+                       load_glue(task, "dev", args.glue_dir), args.max_seq_length)
     print("  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
@@ -358,7 +370,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     from rankdyna_exporters.bench import BenchSettings, benchmark
     from rankdyna_exporters.runtime import choose_provider
 
-    from .io import portable_command
+    from ..io import portable_command
 
     _log_progress()
     if args.choose and (args.choose[0] not in args.batch_sizes or args.choose[1] not in args.seq_lens):

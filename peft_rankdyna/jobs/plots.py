@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .report import MatrixRow
-from .targets import KIND_ORDER, split_matrix_name
+from ..accounting import MatrixRow
+from ..targets import KIND_ORDER, split_matrix_name
 
 
 def pyplot() -> Any:

@@ -1,0 +1,1 @@
+"""What the jobs read: labelled tasks (GLUE, your own files) and plain texts."""

@@ -1,0 +1,69 @@
+"""`CompressSettings`: everything one `rankdyna compress` job needs, as the CLI and the examples fill it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+METHODS = ("rankdyna", "svd", "fwsvd", "asvd", "svdllm")
+
+
+@dataclass
+class CompressSettings:
+    """Everything a job needs; the CLI and the GLUE example fill it from their arguments.
+
+    ``objective`` names what is trained for (:data:`peft_rankdyna.jobs.objectives.OBJECTIVES`):
+    ``"classification"`` (a GLUE ``task``, or your own ``train_file``/``validation_file`` with
+    ``text_columns`` and ``label_column``, inferred when not given) or ``"embedding-distillation"``
+    (unlabelled ``texts``, checked on ``validation_texts`` or on texts held out of ``texts``) or
+    ``"causal-lm"`` (plain ``texts`` for next-token prediction, perplexity on ``validation_texts`` or
+    on held-out lines). ``model`` may be a ``.gguf`` file (or a folder with ``gguf_file`` naming one
+    in it): transformers de-quantizes its weights to fp32 while loading.
+    ``budget=None`` runs plain dense fine-tuning of the same model under the same settings, the
+    reference a compressed model is compared with. ``method`` is ``"rankdyna"`` or a baseline:
+    ``"svd"``, ``"fwsvd"`` (Fisher-weighted over the whole training set), ``"asvd"`` (activation-aware
+    scaling) or ``"svdllm"`` (truncation-aware whitening), the last two calibrated on
+    ``calibration_samples`` training examples (the first batches the seeded Trainer draws);
+    ``rankdyna`` holds RankDynaConfig fields.
+    ``finetuned_model`` lets a two-round baseline skip its first round by starting from a model
+    already fine-tuned on the task under the same settings (the ``finetuned/`` folder of a dense run).
+    """
+
+    model: str
+    task: Optional[str]
+    output_dir: str
+    budget: Optional[float] = 0.5
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    max_seq_length: int = 128
+    seed: int = 42
+    max_steps: int = -1
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    glue_dir: Optional[str] = None
+    method: str = "rankdyna"
+    rankdyna: dict[str, Any] = field(default_factory=dict)
+    show_progress: bool = True
+    finetuned_model: Optional[str] = None
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    text_columns: Optional[list[str]] = None
+    label_column: Optional[str] = None
+    objective: str = "classification"
+    texts: Optional[str] = None
+    validation_texts: Optional[str] = None
+    gguf_file: Optional[str] = None
+    calibration_samples: int = 128
+
+    def __post_init__(self) -> None:
+        # Paths may come as pathlib objects; results.json records them as text.
+        self.model, self.output_dir = os.fspath(self.model), os.fspath(self.output_dir)
+        if self.model.endswith(".gguf") and self.gguf_file is None:  # a GGUF file: its folder and its name
+            self.model, self.gguf_file = os.path.dirname(os.path.abspath(self.model)), os.path.basename(self.model)
+        for name in ("glue_dir", "finetuned_model", "train_file", "validation_file", "texts", "validation_texts"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")

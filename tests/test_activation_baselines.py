@@ -1,0 +1,85 @@
+"""ASVD-style scaling and SVD-LLM-style whitening: the statistics they take and the truncations they make."""
+
+import pytest
+import torch
+from torch import nn
+
+from peft_rankdyna.baselines import factor_model, input_statistics, input_transforms
+
+
+class Embed(nn.Module):
+    """Token ids → embeddings → one Linear: a model whose Linear inputs the test knows."""
+
+    def __init__(self, vocab=50, width=12, out=10, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed, self.proj = nn.Embedding(vocab, width), nn.Linear(width, out)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.proj(self.embed(input_ids))
+
+
+def _batches(seed=0, count=3):
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(0, 50, (4, 9), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[:2, 6:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": ids})
+    return batches
+
+
+def _inputs(model, batches):
+    """The Linear's inputs at the unpadded positions, as rows."""
+    return torch.cat([model.embed(b["input_ids"])[b["attention_mask"].bool()] for b in batches]).detach()
+
+
+def test_statistics_are_those_of_the_unpadded_inputs():
+    model, batches = Embed(), _batches()
+    stats = input_statistics(model, {"proj": model.proj}, batches)["proj"]
+    X = _inputs(model, batches)
+    assert stats.tokens == X.shape[0] == 3 * (4 * 9 - 2 * 3)
+    torch.testing.assert_close(stats.gram, X.T @ X, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(stats.abs_sum, X.abs().sum(0), atol=1e-4, rtol=1e-5)
+
+
+def test_asvd_scales_each_input_channel_by_its_mean_magnitude_to_the_half():
+    model, batches = Embed(), _batches()
+    S, S_inv = input_transforms(input_statistics(model, {"proj": model.proj}, batches, gram=False), "asvd")["proj"]
+    X = _inputs(model, batches)
+    torch.testing.assert_close(torch.diagonal(S), X.abs().mean(0) ** 0.5, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(S @ S_inv, torch.eye(12), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rank_budget", [0.3, 0.6])
+def test_whitened_truncation_is_the_best_on_the_calibration_inputs(rank_budget):
+    """SVD-LLM's claim, checked exactly: with S Sᵀ = XᵀX, the output error ‖X(W − W′)ᵀ‖_F² of the truncation
+    is the sum of the discarded squared singular values of W·S, below plain SVD's error."""
+    model, batches = Embed(width=16, out=16), _batches()
+    X = _inputs(model, batches)
+    W = model.proj.weight.detach().clone()
+    transform = input_transforms(input_statistics(model, {"proj": model.proj}, batches), "svdllm")
+    whitened = factor_model(Embed(width=16, out=16), rank_budget, ["proj"], input_transform=transform)
+    plain = factor_model(Embed(width=16, out=16), rank_budget, ["proj"])
+    rank = whitened.proj.rank if hasattr(whitened.proj, "rank") else 16
+
+    def output_error(module):
+        return (module(X) - model.proj(X)).pow(2).sum().item()
+
+    S = transform["proj"][0]
+    discarded = torch.linalg.svdvals(W @ S)[rank:].pow(2).sum().item()
+    assert output_error(whitened.proj) == pytest.approx(discarded, rel=1e-3)
+    assert output_error(whitened.proj) < output_error(plain.proj)
+
+
+@pytest.mark.parametrize("method", ["asvd", "svdllm"])
+def test_activation_aware_baselines_run_through_compress(tmp_path, tiny_glue_model, glue_dir, method):
+    from peft_rankdyna.jobs import CompressSettings, compress
+
+    results = compress(CompressSettings(model=tiny_glue_model, task="mrpc", output_dir=str(tmp_path / method),
+                                        budget=0.5, method=method, max_steps=2, batch_size=8, max_seq_length=32,
+                                        max_train_samples=32, max_eval_samples=16, glue_dir=glue_dir,
+                                        calibration_samples=16, show_progress=False))
+    assert results["train_steps"] == 2 and results["target_params_after"] <= 0.5 * results["target_params_before"]
+    assert results["settings"]["method"] == method
