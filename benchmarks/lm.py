@@ -162,7 +162,7 @@ def markdown(records: list[dict[str, Any]], command: str) -> str:
         shown = [f"{cells[b]['perplexity']:.2f} ({cells[b]['model_params'] / 1e6:.1f} M)" if b in cells else "—"
                  for b in [*budgets, None]]
         lines.append(f"| {stage} | {LABELS[method]} | " + " | ".join(shown) + " |")
-    counts = sorted({(r["eval_tokens"], r.get("calibration_tokens")) for r in records})
+    counts = sorted({(r["eval_tokens"], r.get("calibration_tokens") or 0) for r in records})
     lines += ["", "Test perplexity by a sliding window (stride half the window) on the first "
               + ", ".join(f"{e:,} test tokens (calibration: {c:,} training tokens)" if c else f"{e:,} test tokens"
                           for e, c in counts) + "; in brackets the whole model's parameters.", "", "Runs:", ""]
