@@ -19,6 +19,7 @@ parameters; every record also has the whole model's parameter count.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -103,8 +104,8 @@ def free(args: argparse.Namespace) -> None:
                                for i in range(0, blocks.shape[0], 8)]
                     stats = input_statistics(model, {n: model.get_submodule(n) for n in names}, batches)
                 transform = input_transforms(stats, method)
-            scored, _ = load(args.model)
-            scored = factor_model(scored, budget, names, input_transform=transform).eval()
+            # a copy of the loaded model, not a second load (a GGUF file is de-quantized again on every load)
+            scored = factor_model(copy.deepcopy(model), budget, names, input_transform=transform).eval()
         value = perplexity(scored, test, length)
         append_line(args.out, {"name": name, "method": method, "budget": budget, "stage": "training-free",
                                "perplexity": value, "model_params": model_parameters(scored),
