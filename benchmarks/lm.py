@@ -32,8 +32,11 @@ from glue import append_line, read_lines  # the GLUE grid's JSON-lines records, 
 
 BUDGETS = (0.8, 0.6, 0.4)
 FREE_METHODS = ("svd", "asvd", "svdllm")
-RUN_METHODS = ("rankdyna", "svd", "asvd", "svdllm")
-LABELS = {"dense": "dense", "svd": "SVD", "asvd": "ASVD", "svdllm": "SVD-LLM", "rankdyna": "RankDyna"}
+RUN_METHODS = ("rankdyna", "rankdyna_whitened", "svd", "asvd", "svdllm")
+# `rankdyna compress` flags of each trained method (dense: `--dense`).
+METHOD_FLAGS = {"rankdyna_whitened": ["--method", "rankdyna", "--init-basis", "whitened"]}
+LABELS = {"dense": "dense", "svd": "SVD", "asvd": "ASVD", "svdllm": "SVD-LLM", "rankdyna": "RankDyna",
+          "rankdyna_whitened": "RankDyna, whitened start"}
 
 
 def model_args(path: str) -> tuple[str, Optional[str]]:
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> None:
                    "--max-seq-length", str(args.max_seq_length), "--lr", f"{args.lr:g}", "--seed", str(args.seed),
                    "--max-eval-samples", str(args.eval_tokens // args.max_seq_length), "--output", output,
                    "--no-progress", "--calibration-samples", str(args.calibration_tokens // args.max_seq_length)]
-        command += ["--dense"] if budget is None else ["--method", method, "--budget", f"{budget:g}"]
+        command += ["--dense"] if budget is None else [*METHOD_FLAGS.get(method, ["--method", method]),
+                                                       "--budget", f"{budget:g}"]
         print(f"{name} ...", flush=True)
         start = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]])

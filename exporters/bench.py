@@ -32,7 +32,8 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"  # runtime's names, 
 
 @dataclass(frozen=True)
 class Variant:
-    """One graph (or the PyTorch model) to time; ``kind`` is ``"onnx"`` or ``"torch"``."""
+    """One graph (or the PyTorch model) to time; ``kind`` is ``"onnx"``, ``"torch"`` or ``"decoder"`` (a causal LM's
+    graph with its KV cache, :mod:`.bench_decoder`)."""
 
     name: str
     kind: str
@@ -240,9 +241,14 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, seed: in
     return {name: times for name, times in samples.items() if name not in failed}, failed
 
 
+# The module whose worker times a variant of each kind (named, not imported: bench_decoder builds on this module).
+WORKERS = {"onnx": "rankdyna_exporters.bench", "torch": "rankdyna_exporters.bench",
+           "decoder": "rankdyna_exporters.bench_decoder"}
+
+
 def _in_fresh_process(variant: Variant, settings: BenchSettings) -> dict[str, list[float]]:
     job = json.dumps({"variant": asdict(variant), "settings": asdict(settings)})
-    result = subprocess.run([sys.executable, "-m", "rankdyna_exporters.bench", job], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", WORKERS[variant.kind], job], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"Timing {variant.name} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -394,12 +400,17 @@ def _record_choice(export_dir: str, provider: str, choice: dict[str, Any]) -> No
     atomic_write_text(os.path.join(export_dir, REPORT_NAME), json.dumps(report, indent=1))
 
 
-def _worker(job_text: str) -> None:
+def read_job(job_text: str) -> tuple[Variant, BenchSettings]:
+    """The variant and settings a worker process is given (as JSON on its command line)."""
     job = json.loads(job_text)
     settings = job["settings"]
     settings = BenchSettings(**{**settings, "batch_sizes": tuple(settings["batch_sizes"]),
                                 "seq_lens": tuple(settings["seq_lens"])})
-    print(json.dumps(measure(Variant(**job["variant"]), settings)))
+    return Variant(**job["variant"]), settings
+
+
+def _worker(job_text: str) -> None:
+    print(json.dumps(measure(*read_job(job_text))))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from . import fp16 as half  # noqa: E402
 from . import int8 as int8_module  # noqa: E402
 from .fusion import MHA_OP, fuse_attention  # noqa: E402
 from .layout import DESCRIPTIONS, FILE_NAMES, FP16, FUSED, FUSED_ORT, INT8, PORTABLE, REPORT_NAME  # noqa: E402
-from .onnx_config import TASKS as ONNX_TASKS, VALIDATION_ATOL  # noqa: E402
+from .decoder import DECODER_TASK, MIN_TOKEN_AGREEMENT, export_causal_lm  # noqa: E402
+from .onnx_config import ENCODER_TASKS, VALIDATION_ATOL  # noqa: E402
 from .pooled import EMBEDDING, PooledReference, add_pooling  # noqa: E402
 from .runtime import CPU, create_session  # noqa: E402
 from .validation import ExportValidationError, agreement, tokenised_inputs, validate  # noqa: E402
@@ -53,15 +54,23 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
     ``int8_options`` says what the int8 graph quantizes (default :class:`~.int8.Int8Options()`). For
     ``feature-extraction``, ``pooling`` (by default the one a sentence-transformers folder declares,
     see :func:`peft_rankdyna.pooling.read_pooling`) is appended to every graph as the output
-    ``sentence_embedding`` and validated against the PyTorch encoder and pooling.
+    ``sentence_embedding`` and validated against the PyTorch encoder and pooling. A causal LM (task
+    ``text-generation-with-past``, its default) is exported by :func:`.decoder.export_causal_lm`.
     """
     from optimum.exporters.tasks import TasksManager
 
     model, tokenizer = _load(source, tokenizer)
-    task = task or TasksManager.infer_task_from_model(model)
-    if task not in ONNX_TASKS:
-        raise ValueError(f"`rankdyna export` exports the encoder tasks ({', '.join(ONNX_TASKS)}), not {task!r}: the "
-                         "export of compact causal LMs (text-generation-with-past) is not built yet.")
+    task = task or _default_task(TasksManager.infer_task_from_model(model))
+    if task == DECODER_TASK:
+        options = int8_options or int8_module.Int8Options()
+        if fp16 or pooling is not None or int8_examples is not None or options.shapes_graph:
+            raise ValueError("A causal LM exports its fp32 graph and, with int8, its graph with 8-bit weights; fp16, "
+                             "pooling, int8 check examples and the dynamic-int8 choices belong to encoder exports.")
+        bar = MIN_TOKEN_AGREEMENT if options.min_agreement is None else options.min_agreement
+        return export_causal_lm(model, tokenizer, os.fspath(output), opset, int8, bar)
+    if task not in ENCODER_TASKS:
+        raise ValueError(f"`rankdyna export` exports the encoder tasks ({', '.join(ENCODER_TASKS)}) and causal LMs "
+                         f"with their KV cache ({DECODER_TASK}), not {task!r}.")
     if pooling is None and task == "feature-extraction" and isinstance(source, (str, os.PathLike)) and (
             os.path.isfile(os.path.join(source, "modules.json"))):
         pooling = read_pooling(os.fspath(source))
@@ -95,6 +104,11 @@ def export(source: Union[str, torch.nn.Module], output: str, task: Optional[str]
 
     atomic_write_dir(os.fspath(output), write)
     return report
+
+
+def _default_task(inferred: str) -> str:
+    """The task Optimum infers from the model class, a causal LM's with its KV cache (what generation needs)."""
+    return DECODER_TASK if inferred == "text-generation" else inferred
 
 
 def _pool(path: str, pooling: Optional[Pooling], source: Any = None, folder: Optional[str] = None) -> None:
@@ -183,7 +197,7 @@ def _fp16_graph(folder: str) -> ReducedGraph:
 def _int8_graph(folder: str, options: int8_module.Int8Options) -> ReducedGraph:
     """Write the int8 graph (a CPU graph: onnxruntime's CUDA provider has no MatMulInteger fast path)."""
     settings = int8_module.quantize(folder, FILE_NAMES[FUSED], FILE_NAMES[INT8], options)
-    return ReducedGraph(FUSED, CPU, options.min_agreement, int8_module.MIN_CORRELATION, settings)
+    return ReducedGraph(FUSED, CPU, options.agreement_bar, int8_module.MIN_CORRELATION, settings)
 
 
 def _keep_reduced(folder: str, variant: str, write: Callable[[str], ReducedGraph], tokenizer: Any,

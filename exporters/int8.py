@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -48,23 +48,35 @@ class Int8Options:
     low-rank factors, whose columns differ in scale) instead of one per tensor. ``min_rank``: weight
     products whose weight has a side shorter than this (the narrow factors of a low-rank matrix) stay
     in fp32; 0 quantizes them all. ``min_agreement``: the share of examples on which the int8 graph
-    must predict the fp32 graph's class to be kept. ``calibration``: ``None`` for dynamic quantization,
+    must predict the fp32 graph's class to be kept (``None``: :data:`MIN_AGREEMENT`; a causal LM's graph,
+    which quantizes its weights only and none of the other choices here, counts next tokens against its own
+    default, :data:`rankdyna_exporters.decoder.MIN_TOKEN_AGREEMENT`). ``calibration``: ``None`` for dynamic quantization,
     or one of :data:`CALIBRATION_METHODS` for static quantization from calibration examples.
     """
 
     embeddings: bool = True
     per_channel: bool = True
     min_rank: int = 0
-    min_agreement: float = MIN_AGREEMENT
+    min_agreement: Optional[float] = None
     calibration: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.calibration is not None and self.calibration not in CALIBRATION_METHODS:
             raise ValueError(f"calibration must be None or one of {CALIBRATION_METHODS}, got {self.calibration!r}.")
-        if not 0.0 < self.min_agreement <= 1.0:
+        if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}.")
         if self.min_rank < 0:
             raise ValueError(f"min_rank must be >= 0, got {self.min_rank}.")
+
+    @property
+    def agreement_bar(self) -> float:
+        """The share of examples an encoder's int8 graph must agree on: ``min_agreement`` or the default."""
+        return MIN_AGREEMENT if self.min_agreement is None else self.min_agreement
+
+    @property
+    def shapes_graph(self) -> bool:
+        """Whether these options choose more than the defaults for what the dynamic int8 graph quantizes."""
+        return replace(self, min_agreement=None) != Int8Options()
 
     @property
     def operators(self) -> list[str]:
@@ -100,7 +112,7 @@ def quantize(folder: str, source_name: str, target_name: str, options: Int8Optio
     activations = (f"uint8, fixed ranges ({options.calibration}, {len(calibration_examples)} examples)" if static
                    else "uint8, per batch")
     return {"api": f"optimum.onnxruntime.ORTQuantizer ({'static' if static else 'dynamic'})", "source": source_name,
-            **asdict(options), "operators": options.operators, "weights": "int8, symmetric",
+            **asdict(options), "min_agreement": options.agreement_bar, "operators": options.operators, "weights": "int8, symmetric",
             "activations": activations, "products_kept_fp32": len(narrow)}
 
 

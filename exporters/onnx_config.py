@@ -17,22 +17,30 @@ from peft_rankdyna.compact import COMPACT_EXPORT_TYPE, COMPACT_MODEL_TYPE
 
 # Largest |ONNX − PyTorch| output difference an fp32 graph may show on real text.
 VALIDATION_ATOL = 1e-4
-TASKS = ("feature-extraction", "fill-mask", "text-classification", "token-classification", "multiple-choice",
-         "question-answering")
+ENCODER_TASKS = ("feature-extraction", "fill-mask", "text-classification", "token-classification",
+                 "multiple-choice", "question-answering")
+# A compact decoder exports with its KV cache (past key/values in, present key/values out), as Optimum's own.
+DECODER_TASKS = ("text-generation", "text-generation-with-past")
+TASKS = ENCODER_TASKS + DECODER_TASKS
 
 
-def compact_onnx_config(config: Any, task: str = "feature-extraction", **kwargs: Any) -> Any:
-    """The Optimum ONNX config of a compact model: its base model type's config for ``task``."""
+def compact_onnx_config(config: Any, task: str = "feature-extraction", use_past: bool = False, **kwargs: Any) -> Any:
+    """The Optimum ONNX config of a compact model: its base model type's config for ``task`` (with the KV cache
+    when ``use_past``: Optimum calls a ``*-with-past`` task's constructor with the plain task and ``use_past``)."""
     from optimum.exporters.tasks import TasksManager
 
     base_type = config.model_type
     supported = TasksManager.get_supported_tasks_for_model_type(base_type, "onnx", library_name="transformers")
+    task = f"{task}-with-past" if use_past else task
     if task not in supported:
         raise ValueError(f"Optimum cannot export a {base_type} model for {task!r}; it supports "
                          f"{', '.join(sorted(supported))}.")
     onnx_config = supported[task](config, **kwargs)
     onnx_config.ATOL_FOR_VALIDATION = VALIDATION_ATOL
     return onnx_config
+
+
+compact_onnx_config.SUPPORTS_PAST = True  # what Optimum's registry asks of a config that takes *-with-past tasks
 
 
 def register_onnx_config() -> None:

@@ -218,6 +218,28 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         with torch.no_grad():
             return compose(*self._forward_factors()).to(self._base_dtype)
 
+    @torch.no_grad()
+    def rebase(self, S: torch.Tensor, S_inv: torch.Tensor) -> None:
+        """Re-factor the layer's matrix W from the SVD of W·S, with Vᵀ multiplied by S⁻¹ after.
+
+        With ``S`` the whitening of the layer's inputs (SVD-LLM's Cholesky factor of their Gram matrix,
+        :func:`peft_rankdyna.baselines.input_transforms`), a group's singular value is what dropping it
+        costs on those inputs, not on W alone: the order a truncation of W·x wants. The layer computes
+        the same W; only at full rank with no group masked (``init_budget=None``, before training).
+        """
+        adapter = self._adapter
+        if self.initial_rank != min(self.out_features, self.in_features) or self.rank != self.initial_rank:
+            raise ValueError("rebase needs the layer at full rank with no group masked: init_budget=None, before "
+                             "training.")
+        weight = compose(*(t.float() for t in self.factors()))
+        U, s, Vt = svd_factors(weight @ S.to(weight), self.initial_rank)
+        scale = self._step_scale[adapter]
+        for param, value in zip(self.factor_parameters(), (U / scale, s, Vt @ S_inv.to(weight) / scale)):
+            param.copy_(value.to(param.dtype))
+        # Statistics gathered on the old groups describe other directions.
+        self.rankdyna_importance[adapter] = GroupImportance(self.initial_rank, self.out_features,
+                                                            self.in_features).to(weight.device)
+
     def update_importance(self, beta1: float, beta2: float) -> None:
         """Fold the current gradients into the importance statistics of the kept groups."""
         adapter = self._adapter

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from peft.tuners.tuners_utils import (
@@ -133,6 +133,17 @@ class RankDynaModel(BaseTuner):
     def rankdyna_layers(self) -> dict[str, RankDynaLayer]:
         """Every RankDyna layer of the model, by module name."""
         return {name: m for name, m in self.model.named_modules() if isinstance(m, RankDynaLayer)}
+
+    def rebase_factors(self, transforms: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Re-factor every target from the SVD of W·S (``transforms``: per module name ``(S, S⁻¹)``, e.g.
+        SVD-LLM's whitening from :func:`peft_rankdyna.baselines.input_transforms`); see
+        :meth:`RankDynaLayer.rebase`. Call it after ``get_peft_model``, before training."""
+        layers = self.rankdyna_layers()
+        missing = sorted(set(layers) - set(transforms))
+        if missing:
+            raise ValueError(f"No input transform for {len(missing)} target(s), e.g. {missing[0]!r}.")
+        for name, layer in layers.items():
+            layer.rebase(*transforms[name])
 
     def dense_params(self) -> int:
         """Parameters of the target matrices in the original dense model."""

@@ -83,3 +83,65 @@ def test_activation_aware_baselines_run_through_compress(tmp_path, tiny_glue_mod
                                         calibration_samples=16, show_progress=False))
     assert results["train_steps"] == 2 and results["target_params_after"] <= 0.5 * results["target_params_before"]
     assert results["settings"]["method"] == method
+
+
+# ----------------------------------------------------------------------------- RankDyna from a whitened basis
+class Wrapped(nn.Module):
+    """The Embed model under a name PEFT can target."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.model = Embed(width=16, out=16, seed=seed)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids)
+
+
+def test_a_whitened_basis_computes_the_same_and_its_masked_groups_are_svdllm_s_truncation():
+    from peft import get_peft_model
+
+    from peft_rankdyna import RankDynaConfig
+
+    base, batches = Wrapped(), _batches()
+    transform = input_transforms(input_statistics(base, {"model.proj": base.model.proj}, batches), "svdllm")
+    expected_truncation = factor_model(Wrapped(), 0.5, ["model.proj"], input_transform=transform)
+    X = _inputs(base.model, batches)
+    dense = base.model.proj(X).detach()
+    wrapped = get_peft_model(base, RankDynaConfig(target_modules=["model.proj"], target_budget=0.5, total_step=10))
+    wrapped.base_model.rebase_factors(transform)
+    layer = wrapped.base_model.rankdyna_layers()["model.proj"]
+    torch.testing.assert_close(layer(X), dense, atol=1e-4, rtol=1e-4)  # the same matrix, re-factored
+    S = transform["model.proj"][0]
+    torch.testing.assert_close(layer.factors()[1], torch.linalg.svdvals(layer.dense_weight() @ S), atol=1e-4,
+                               rtol=1e-4)  # each group's singular value is that of W·S
+    rank = expected_truncation.model.proj.rank
+    layer.set_mask(torch.arange(layer.initial_rank) < rank)  # keep the top groups, as a truncation would
+    torch.testing.assert_close(layer(X), expected_truncation.model.proj(X), atol=1e-4, rtol=1e-4)
+
+
+def test_rebase_refuses_a_layer_that_is_not_at_full_rank():
+    from peft import get_peft_model
+
+    from peft_rankdyna import RankDynaConfig
+
+    base, batches = Wrapped(), _batches()
+    transform = input_transforms(input_statistics(base, {"model.proj": base.model.proj}, batches), "svdllm")
+    wrapped = get_peft_model(base, RankDynaConfig(target_modules=["model.proj"], target_budget=0.5, total_step=10,
+                                                  init_budget=0.8))
+    with pytest.raises(ValueError, match="full rank"):
+        wrapped.base_model.rebase_factors(transform)
+    with pytest.raises(ValueError, match="No input transform"):
+        wrapped.base_model.rebase_factors({})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="svdllm"), "use it with method 'rankdyna'"), (dict(budget=None), "use it with method 'rankdyna'"),
+    (dict(rankdyna={"init_budget": 0.8}), "init_budget=None"), (dict(rankdyna={"orth_reg_weight": 0.1}), "orthogonality"),
+    (dict(init_basis="pca"), "Unknown init_basis"),
+])
+def test_whitened_init_basis_refuses_settings_it_cannot_serve(tmp_path, overrides, message):
+    from peft_rankdyna.jobs import CompressSettings
+
+    with pytest.raises(ValueError, match=message):
+        CompressSettings(**{"model": "m", "task": "mrpc", "output_dir": str(tmp_path), "init_basis": "whitened",
+                            **overrides})

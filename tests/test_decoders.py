@@ -147,13 +147,14 @@ def tiny_lm_folder(tmp_path):
     return str(tmp_path / "lm")
 
 
-@pytest.mark.parametrize("method", ["rankdyna", "svd"])
-def test_compress_trains_a_causal_lm_and_scores_the_saved_model_by_perplexity(tmp_path, tiny_lm_folder, method):
+@pytest.mark.parametrize("method, basis", [("rankdyna", "svd"), ("svd", "svd"), ("rankdyna", "whitened")])
+def test_compress_trains_a_causal_lm_and_scores_the_saved_model_by_perplexity(tmp_path, tiny_lm_folder, method,
+                                                                              basis):
     text = tmp_path / "train.txt"
     text.write_text("".join(f"the cat number {i} sat on the mat and looked at dog {i % 7} .\n" for i in range(120)))
     settings = CompressSettings(model=tiny_lm_folder, task=None, output_dir=str(tmp_path / "out"), budget=0.5,
                                 method=method, objective="causal-lm", texts=str(text), max_steps=6, batch_size=4,
-                                max_seq_length=32, learning_rate=1e-3,
+                                max_seq_length=32, learning_rate=1e-3, init_basis=basis, calibration_samples=8,
                                 rankdyna={"tinit": 1, "tfinal": 1, "deltaT": 1} if method == "rankdyna" else {},
                                 show_progress=False)
     results = compress(settings)
@@ -181,14 +182,3 @@ def test_the_causal_lm_objective_needs_plain_text(tmp_path, tiny_lm_folder):
     with pytest.raises(ValueError, match="give --texts FILE"):
         compress(CompressSettings(model=tiny_lm_folder, task=None, output_dir=str(tmp_path / "o"),
                                   objective="causal-lm"))
-
-
-def test_exporting_a_compact_causal_lm_is_a_clear_error_until_it_is_built(tmp_path):
-    pytest.importorskip("optimum.exporters.onnx")
-    from peft_rankdyna.baselines import factor_model
-    from rankdyna_exporters.export import export
-
-    compact = factor_model(tiny_decoder(), 0.5)
-    compact.save_pretrained(tmp_path / "compact")
-    with pytest.raises(ValueError, match="export of compact causal LMs .* is not built yet"):
-        export(str(tmp_path / "compact"), str(tmp_path / "onnx"), tokenizer=object())

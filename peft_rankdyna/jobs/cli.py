@@ -67,6 +67,9 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="rankdyna (one round, the default); svd, fwsvd (Fisher-weighted rows), asvd (activation-"
                         "scaled inputs) or svdllm (whitened inputs): the baselines (dense fine-tuning where the "
                         "objective has a first round, truncation at one uniform rank, fine-tuning again)")
+    parser.add_argument("--init-basis", choices=["svd", "whitened"], default="svd",
+                        help="rankdyna: factors start from the SVD of each weight (svd, the default) or of the weight "
+                        "times SVD-LLM's whitening of its inputs on --calibration-samples training examples (whitened)")
     parser.add_argument("--calibration-samples", type=int, default=128,
                         help="asvd/svdllm: how many training examples (the first batches the seeded Trainer draws) "
                         "calibrate the truncation (default 128)")
@@ -134,7 +137,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         texts=args.texts,
         validation_texts=args.validation_texts,
         gguf_file=args.gguf_file,
-        calibration_samples=args.calibration_samples,
+        calibration_samples=args.calibration_samples, init_basis=args.init_basis,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
@@ -277,11 +280,15 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         "attention op per layer over the low-rank projections) and model_fused_ort.onnx (plus onnxruntime's "
         "LayerNorm/Gelu fusions); --fp16 adds model_fused_fp16.onnx for GPUs, --int8 model_fused_int8.onnx for "
         "CPUs. Every fp32 graph is checked against PyTorch on real tokenised text (max |diff| <= 1e-4), every "
-        "reduced-precision graph against its fp32 graph, and the export fails, naming the output, if not.",
+        "reduced-precision graph against its fp32 graph, and the export fails, naming the output, if not. A causal "
+        "LM exports Optimum's text-generation-with-past graph (model.onnx, loadable by ORTModelForCausalLM), "
+        "checked in prefill and decoding against PyTorch (max |diff| <= 1e-3), and with --int8 model_int8.onnx "
+        "(8-bit weights).",
     )
     parser.add_argument("directory", help="compact model folder (rankdyna compress/merge output)")
     parser.add_argument("output", help="folder for the ONNX graphs, config, tokenizer and rankdyna_export.json")
-    parser.add_argument("--task", default=None, help="Optimum task (default: inferred from the model class)")
+    parser.add_argument("--task", default=None, help="Optimum task (default: inferred from the model class; a causal "
+                        "LM's is text-generation-with-past)")
     parser.add_argument("--fp16", action="store_true", help="also write the half-precision GPU graph")
     parser.add_argument("--fp16-check-task", default=None,
                         help="GLUE task whose dev set the fp16 graph is checked on (default: built-in sentence pairs)")
@@ -298,7 +305,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                         "quantize all)")
     parser.add_argument("--int8-min-agreement", type=float, default=None,
                         help="share of examples on which the int8 graph must predict the fp32 graph's class "
-                        "(default 0.95)")
+                        "(default 0.95); for a causal LM, the share of real positions at which it must predict the "
+                        "fp32 graph's next token (default 0.80)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root for the check tasks (default $GLUE_DIR)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for the model)")
     parser.set_defaults(run=_run_export)
@@ -315,7 +323,7 @@ def _dev_examples(task_name: Optional[str], glue_dir: Optional[str]) -> Optional
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from rankdyna_exporters.export import FILE_NAMES, export
+    from rankdyna_exporters.export import export
     from rankdyna_exporters.int8 import Int8Options
 
     int8_shaped = (args.int8_check_task or args.int8_keep_embeddings or args.int8_per_tensor or args.int8_min_rank
@@ -331,10 +339,13 @@ def _run_export(args: argparse.Namespace) -> None:
     _log_progress()
     report = export(args.directory, args.output, task=args.task, fp16=args.fp16, fp16_examples=fp16_examples,
                     opset=args.opset, int8=args.int8, int8_examples=int8_examples, int8_options=options)
-    for name, variant in report["variants"].items():
-        print(f"{FILE_NAMES[name]:24s} {variant['description']}")
+    for variant in report["variants"].values():
+        print(f"{variant['file']:24s} {variant['description']}")
         check = variant.get("against_fp32")
-        if check is not None:
+        if check is not None and "positions" in check:  # a causal LM's int8 graph: next tokens
+            print(f"{'':24s} picks the fp32 graph's next token at {check['agreement']:.2%} of {check['positions']} "
+                  "real positions")
+        elif check is not None:
             shown = "n/a" if check["agreement"] is None else f"{check['agreement']:.2%}"
             print(f"{'':24s} agrees with fp32 on {shown} of {check['examples']} examples ({check['examples_from']})")
     print(f"written to {args.output} (details in rankdyna_export.json)")
@@ -346,12 +357,16 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         help="latency of the exported graphs against the dense model (PyTorch and ONNX)",
         description="Time PyTorch eager dense, the dense ONNX graph (raw Optimum export and its onnxruntime-"
         "optimized form) and every graph of each export folder on one execution provider: a fresh process per "
-        "variant, shuffled rounds, medians and p90 over all timed runs. Writes OUT.json and OUT.md.",
+        "variant, shuffled rounds, medians and p90 over all timed runs. Writes OUT.json and OUT.md. Causal-LM "
+        "exports are timed in two phases: prefill of --seq-lens prompt tokens, and one decoding step with that many "
+        "tokens in the cache, against Optimum's export of the dense model (fp32 and 8-bit weights).",
     )
     parser.add_argument("exports", nargs="+", help="folders written by `rankdyna export`")
-    parser.add_argument("--dense-model", required=True, help="dense model folder to compare with (e.g. the base model)")
+    parser.add_argument("--dense-model", required=True, help="dense model folder to compare with (e.g. the base model; "
+                        "for causal LMs also a .gguf file)")
     parser.add_argument("--out", required=True, help="results path without extension (.json and .md are written)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default 1 8 32 (encoders), 1 8 (causal LMs)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[128])
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each in a new shuffled order (default 3)")
     parser.add_argument("--runs-per-round", type=int, default=10, help="timed runs per shape per round (default 10)")
@@ -368,17 +383,28 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_bench(args: argparse.Namespace) -> None:
     from rankdyna_exporters.bench import BenchSettings, benchmark
+    from rankdyna_exporters.bench_decoder import benchmark_decoder, is_decoder_export
     from rankdyna_exporters.runtime import choose_provider
 
     from ..io import portable_command
 
     _log_progress()
-    if args.choose and (args.choose[0] not in args.batch_sizes or args.choose[1] not in args.seq_lens):
-        raise ValueError(f"--choose {args.choose[0]} {args.choose[1]} is not among the timed shapes.")
-    settings = BenchSettings(batch_sizes=tuple(args.batch_sizes), seq_lens=tuple(args.seq_lens), rounds=args.rounds,
+    decoder = is_decoder_export(args.exports[0])
+    if any(is_decoder_export(folder) != decoder for folder in args.exports[1:]):
+        raise ValueError("Give causal-LM exports or encoder exports, not both: they are timed differently.")
+    batch_sizes = args.batch_sizes or ([1, 8] if decoder else [1, 8, 32])
+    if args.choose and (decoder or args.choose[0] not in batch_sizes or args.choose[1] not in args.seq_lens):
+        raise ValueError(f"--choose {args.choose[0]} {args.choose[1]} is not among the timed shapes"
+                         + (" (a causal LM's export has one graph per precision: nothing to choose)." if decoder else "."))
+    settings = BenchSettings(batch_sizes=tuple(batch_sizes), seq_lens=tuple(args.seq_lens), rounds=args.rounds,
                              runs_per_round=args.runs_per_round, warmup=args.warmup,
                              provider=choose_provider(args.provider), threads=args.threads)
     command = "rankdyna " + portable_command(args.argv, {args.dense_model: "$MODEL"})
+    if decoder:
+        benchmark_decoder(args.exports, args.dense_model, settings, args.out, command, args.work_dir)
+        with open(args.out + ".md", encoding="utf-8") as handle:
+            print(handle.read())
+        return
     results = benchmark(args.exports, args.dense_model, settings, args.out, command, args.work_dir,
                         tuple(args.choose) if args.choose else None)
     with open(args.out + ".md", encoding="utf-8") as handle:

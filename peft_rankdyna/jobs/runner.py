@@ -85,7 +85,12 @@ def train_rankdyna(objective: Objective, model: nn.Module, config: RankDynaConfi
                    callbacks: Sequence[TrainerCallback], results: dict[str, Any]) -> tuple[nn.Module, Trainer]:
     """One RankDyna round; saves the adapter and history, records any rank rounding; returns the merged model."""
     output_dir = objective.settings.output_dir
+    whitening = None
+    if objective.settings.init_basis == "whitened":  # calibrated on the base model, before it is wrapped
+        whitening = calibrated_transforms(objective, model, train(objective, model, run=False), "svdllm")
     model = get_peft_model(model, config)
+    if whitening is not None:
+        model.base_model.rebase_factors(whitening)
     trainer = train(objective, model, callbacks, RankDynaTrainer)
     save_training_record(model, trainer.rankdyna_callback, output_dir)
     draw_history(trainer.rankdyna_callback, model.base_model.dense_params(), output_dir)
@@ -105,16 +110,23 @@ def train_two_rounds(objective: Objective, model: nn.Module,
     if settings.method == "fwsvd":
         importance = fisher_row_importance(model, first.get_train_dataloader(), names)
     elif settings.method in ("asvd", "svdllm"):
-        batches = itertools.islice(first.get_train_dataloader(), calibration_batches(settings))
-        targets = {name: model.get_submodule(name) for name in names}
-        stats = input_statistics(objective.training_model(model), targets, batches, gram=settings.method == "svdllm")
-        transform = input_transforms(stats, settings.method)
+        transform = calibrated_transforms(objective, model, first, settings.method)
     compact = factor_model(model, settings.budget, row_importance=importance, input_transform=transform)
     return compact, train(objective, compact, callbacks)
 
 
+def calibrated_transforms(objective: Objective, model: nn.Module, trainer: Trainer,
+                          method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """ASVD's scaling or SVD-LLM's whitening (``method``) of every target's inputs, per module name, from the
+    first batches ``trainer`` draws (``calibration_samples`` examples)."""
+    batches = itertools.islice(trainer.get_train_dataloader(), calibration_batches(objective.settings))
+    targets = {name: model.get_submodule(name) for name in default_target_names(model)}
+    stats = input_statistics(objective.training_model(model), targets, batches, gram=method == "svdllm")
+    return input_transforms(stats, method)
+
+
 def calibration_batches(settings: CompressSettings) -> int:
-    """Training batches holding ``calibration_samples`` examples (the activation-aware baselines' calibration)."""
+    """Training batches holding ``calibration_samples`` examples (the activation-aware calibration)."""
     return max(1, math.ceil(settings.calibration_samples / settings.batch_size))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 METHODS = ("rankdyna", "svd", "fwsvd", "asvd", "svdllm")
+INIT_BASES = ("svd", "whitened")
 
 
 @dataclass
@@ -25,7 +26,9 @@ class CompressSettings:
     ``"svd"``, ``"fwsvd"`` (Fisher-weighted over the whole training set), ``"asvd"`` (activation-aware
     scaling) or ``"svdllm"`` (truncation-aware whitening), the last two calibrated on
     ``calibration_samples`` training examples (the first batches the seeded Trainer draws);
-    ``rankdyna`` holds RankDynaConfig fields.
+    ``rankdyna`` holds RankDynaConfig fields. ``init_basis="whitened"`` starts RankDyna's factors from
+    the SVD of W·S, S SVD-LLM's whitening of each target's inputs on ``calibration_samples`` training
+    examples, instead of the SVD of W (:meth:`peft_rankdyna.RankDynaModel.rebase_factors`).
     ``finetuned_model`` lets a two-round baseline skip its first round by starting from a model
     already fine-tuned on the task under the same settings (the ``finetuned/`` folder of a dense run).
     """
@@ -56,6 +59,7 @@ class CompressSettings:
     validation_texts: Optional[str] = None
     gguf_file: Optional[str] = None
     calibration_samples: int = 128
+    init_basis: str = "svd"
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
@@ -67,3 +71,12 @@ class CompressSettings:
                 setattr(self, name, os.fspath(getattr(self, name)))
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.init_basis not in INIT_BASES:
+            raise ValueError(f"Unknown init_basis {self.init_basis!r}; choose one of {', '.join(INIT_BASES)}.")
+        if self.init_basis != "svd" and (self.method != "rankdyna" or self.budget is None):
+            raise ValueError("init_basis='whitened' is where RankDyna's factors start; use it with method "
+                             "'rankdyna' and a budget.")
+        if self.init_basis != "svd" and (self.rankdyna.get("init_budget") is not None
+                                         or self.rankdyna.get("orth_reg_weight")):
+            raise ValueError("init_basis='whitened' needs init_budget=None (full rank to re-factor) and no "
+                             "orthogonality penalty (a whitened Vᵀ is not orthonormal).")

@@ -1,0 +1,114 @@
+"""The quality-per-training-cost summary: one row per setting, duplicates and unknown CPU times said out loud."""
+
+import json
+
+import pytest
+from conftest import load_benchmark
+
+cost_quality = load_benchmark("cost_quality")
+
+
+def _record(task, method, budget, seed, value, epochs=3.0, cpu=100.0, **extra):
+    """A `glue.py run` record with the fields the summary reads."""
+    cell = dict(model="$MODEL", task=task, method=method, budget=budget, seed=seed, learning_rate=5e-5,
+                epochs=epochs, max_seq_length=128, max_train_samples=None, max_steps=-1)
+    metric = {"mrpc": "accuracy", "cola": "matthews_correlation"}[task]
+    record = {"key": json.dumps(cell, sort_keys=True), "cell": cell, "metrics": {metric: value, "f1": 0.5},
+              "pipeline_wall_s": 50.0, "process_wall_s": 50.0, "process_cpu_s": cpu, "device": "cpu",
+              "parallel": 1, "threads": "1", "collapsed": False, "command": f"rankdyna compress {method}",
+              "commit": "abc1234", **extra}
+    if cpu is None:  # a run recorded before CPU time was measured
+        del record["process_cpu_s"]
+    return record
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(path)
+
+
+@pytest.fixture
+def runs_files(tmp_path):
+    """Two runs files: MRPC with RankDyna at 3 and 6 epochs (the 6-epoch runs score better and cost more),
+    a two-round FWSVD cell, an `_old` ablation; CoLA with an FWSVD run that recorded no CPU time; the
+    second file repeats one MRPC cell with another score."""
+    first_round = {"first_round": {"key": "k", "command": "c"}}
+    first = [
+        *(_record("mrpc", "dense", None, seed, 0.80 + seed / 100, cpu=300.0) for seed in (1, 2)),
+        *(_record("mrpc", "rankdyna", 0.5, seed, value, cpu=cpu)
+          for seed, value, cpu in ((1, 0.70, 290.0), (2, 0.72, 300.0), (3, 0.74, 310.0))),
+        *(_record("mrpc", "rankdyna", 0.5, seed, value, epochs=6.0, cpu=cpu)
+          for seed, value, cpu in ((1, 0.80, 590.0), (2, 0.82, 600.0), (3, 0.84, 610.0))),
+        _record("mrpc", "fwsvd", 0.5, 1, 0.78, cpu=650.0, **first_round),
+        _record("mrpc", "rankdyna_old", 0.5, 1, 0.10),
+        *(_record("cola", "rankdyna", 0.25, seed, 0.20 + seed / 100) for seed in (1, 2)),
+        _record("cola", "fwsvd", 0.25, 1, 0.15, cpu=None), _record("cola", "fwsvd", 0.25, 2, 0.17, cpu=650.0),
+    ]
+    second = [_record("mrpc", "rankdyna", 0.5, 1, 0.99, cpu=5.0)]  # the same cell as in the first file
+    return _write(tmp_path / "a.jsonl", first), _write(tmp_path / "b.jsonl", second)
+
+
+def test_summary_keeps_every_setting_apart_and_says_what_it_left_out(tmp_path, runs_files, capsys, monkeypatch):
+    import matplotlib.figure
+
+    saved, savefig = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda figure, path, **kw: (saved.append(figure), savefig(figure, path, **kw)))
+    out = str(tmp_path / "summary" / "cq")
+    assert cost_quality.main(["--runs", *runs_files, "--out", out, "--note", "a caveat"]) == 0
+    err = capsys.readouterr().err
+    summary = json.load(open(out + ".json", encoding="utf-8"))
+    rows = {(r["task"], r["method"], r["budget"], r["setting"]["epochs"]): r for r in summary["rows"]}
+    assert set(rows) == {("mrpc", "dense", None, 3.0), ("mrpc", "rankdyna", 0.5, 3.0), ("mrpc", "rankdyna", 0.5, 6.0),
+                         ("mrpc", "fwsvd", 0.5, 3.0), ("cola", "rankdyna", 0.25, 3.0), ("cola", "fwsvd", 0.25, 3.0)}
+    # 3 and 6 epochs are two settings, each its own mean: never one averaged row, never the better one alone.
+    three, six = rows[("mrpc", "rankdyna", 0.5, 3.0)], rows[("mrpc", "rankdyna", 0.5, 6.0)]
+    assert (three["seeds"], three["mean"], three["std"], three["cpu_s"]) == ([1, 2, 3], pytest.approx(0.72),
+                                                                             pytest.approx(0.02), pytest.approx(300))
+    assert (six["seeds"], six["mean"], six["cpu_s"], six["length"]) == ([1, 2, 3], pytest.approx(0.82),
+                                                                         pytest.approx(600), "6 ep")
+    assert rows[("mrpc", "fwsvd", 0.5, 3.0)]["length"] == "3 + 3 ep" and three["metric"] == "accuracy"
+    assert rows[("mrpc", "dense", None, 3.0)]["std"] == pytest.approx(0.00707, abs=1e-4)
+    # The repeated cell: the first file's run is kept (mean 0.72, not with 0.99), and the choice is printed.
+    assert "mrpc rankdyna 0.5 3 ep seed 1 is recorded in both" in err and "kept the first" in err
+    assert any("recorded in both" in warning for warning in summary["warnings"])
+    # One of two runs recorded no CPU time: the setting's CPU time is unknown (not the other seed's), a warning,
+    # and no point in the plot.
+    unknown = rows[("cola", "fwsvd", 0.25, 3.0)]
+    assert unknown["cpu_s"] is None and unknown["mean"] == pytest.approx(0.16)
+    assert unknown["metric"] == "matthews_correlation"
+    assert "cola fwsvd 0.25 3 + 3 ep: CPU time unknown" in err
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "Every row is one setting" in text and "**Note:** a caveat" in text and "--note 'a caveat'" in text
+    assert ("| 0.25 | FWSVD + FT | 3 + 3 ep | 2 | 0.1600 ± 0.0141 | 1: 0.1500, 2: 0.1700 | unknown (1 of 2 recorded) |"
+            in text)
+    assert "| 0.5 | RankDyna | 3 ep | 3 | 0.7200 ± 0.0200 | 1: 0.7000, 2: 0.7200, 3: 0.7400 | 300 |" in text
+    assert "| 0.5 | RankDyna | 6 ep | 3 | 0.8200 ± 0.0200 |" in text
+    assert "| 0.5 | FWSVD + FT † | 3 + 3 ep | 1 | 0.7800 ± — |" in text
+    assert "RankDyna, old defaults" not in text  # the ablations only when named
+    assert (tmp_path / "summary" / "cq.png").stat().st_size > 0
+    cola, mrpc = saved[0].axes[:2]
+    lines = {label: handle for axis in (cola, mrpc) for handle, label in zip(*axis.get_legend_handles_labels())}
+    assert "FWSVD + FT, budget 0.25" not in lines and "RankDyna, budget 0.25" in lines
+    rankdyna = lines["RankDyna, budget 0.5"].lines[0]  # one line through both settings, cheaper first
+    assert list(rankdyna.get_xdata()) == pytest.approx([300, 600])
+    assert list(rankdyna.get_ydata()) == pytest.approx([0.72, 0.82])
+    assert list(lines["dense fine-tuning"].lines[0].get_ydata()) == pytest.approx([0.815])
+
+
+def test_settings_that_differ_beyond_the_length_get_a_column_and_are_not_merged(tmp_path):
+    records = [_record("mrpc", "rankdyna", 0.5, seed, value) for seed, value in ((1, 0.7), (2, 0.8))]
+    other_lr = [_record("mrpc", "rankdyna", 0.5, 1, 0.6)]
+    other_lr[0]["cell"]["learning_rate"] = 1e-4
+    other_lr[0]["key"] = json.dumps(other_lr[0]["cell"], sort_keys=True)
+    out = str(tmp_path / "cq")
+    assert cost_quality.main(["--runs", _write(tmp_path / "a.jsonl", records + other_lr), "--out", out]) == 0
+    rows = json.load(open(out + ".json", encoding="utf-8"))["rows"]
+    assert [(row["other_settings"], row["seeds"], row["mean"]) for row in rows] == [
+        ("lr 5e-05", [1, 2], pytest.approx(0.75)), ("lr 0.0001", [1], pytest.approx(0.6))]
+    assert "| other settings |" in open(out + ".md", encoding="utf-8").read()
+
+
+def test_a_missing_runs_file_is_an_error_not_an_empty_grid(tmp_path):
+    with pytest.raises(SystemExit, match="No runs file at"):
+        cost_quality.main(["--runs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "cq")])
