@@ -33,10 +33,12 @@ from glue import append_line, read_lines  # the GLUE grid's JSON-lines records, 
 BUDGETS = (0.8, 0.6, 0.4)
 FREE_METHODS = ("svd", "asvd", "svdllm")
 RUN_METHODS = ("rankdyna", "rankdyna_whitened", "svd", "asvd", "svdllm")
-# `rankdyna compress` flags of each trained method (dense: `--dense`).
-METHOD_FLAGS = {"rankdyna_whitened": ["--method", "rankdyna", "--init-basis", "whitened"]}
-LABELS = {"dense": "dense", "svd": "SVD", "asvd": "ASVD", "svdllm": "SVD-LLM", "rankdyna": "RankDyna",
-          "rankdyna_whitened": "RankDyna, whitened start"}
+# `rankdyna compress` flags of each trained method (dense: `--dense`). The "rankdyna" runs of
+# benchmarks/results/lm_runs.jsonl ran when the SVD start was the causal-LM default, without the flag.
+METHOD_FLAGS = {"rankdyna": ["--method", "rankdyna", "--init-basis", "svd"],
+                "rankdyna_whitened": ["--method", "rankdyna", "--init-basis", "whitened"]}
+LABELS = {"dense": "dense", "svd": "SVD", "asvd": "ASVD", "svdllm": "SVD-LLM", "rankdyna": "RankDyna, SVD start",
+          "rankdyna_whitened": "RankDyna, whitened start (the default)"}
 
 
 def model_args(path: str) -> tuple[str, Optional[str]]:
@@ -167,12 +169,35 @@ def markdown(records: list[dict[str, Any]], command: str) -> str:
         shown = [f"{cells[b]['perplexity']:.2f} ({cells[b]['model_params'] / 1e6:.1f} M)" if b in cells else "—"
                  for b in [*budgets, None]]
         lines.append(f"| {stage} | {LABELS[method]} | " + " | ".join(shown) + " |")
-    counts = sorted({(r["eval_tokens"], r.get("calibration_tokens") or 0) for r in records})
-    lines += ["", "Test perplexity by a sliding window (stride half the window) on the first "
-              + ", ".join(f"{e:,} test tokens (calibration: {c:,} training tokens)" if c else f"{e:,} test tokens"
-                          for e, c in counts) + "; in brackets the whole model's parameters.", "", "Runs:", ""]
+    evaluated = " or ".join(f"{count:,}" for count in sorted({r["eval_tokens"] for r in records}))
+    calibrated = " or ".join(f"{count:,}" for count in sorted({r["calibration_tokens"] for r in records
+                                                              if r.get("calibration_tokens")}))
+    lines += ["", f"Test perplexity by a sliding window (stride half the window) on the first {evaluated} test "
+              "tokens; in brackets the whole model's parameters."
+              + (f" Training-free truncations calibrated on {calibrated} training tokens." if calibrated else ""),
+              *_fine_tuned_costs(records), "", "Runs:", ""]
     lines += [f"- `{command}`" for command in dict.fromkeys(r["command"] for r in records)]
     return "\n".join(lines) + "\n"
+
+
+def _fine_tuned_costs(records: list[dict[str, Any]]) -> list[str]:
+    """The fine-tuned runs' step counts and CPU seconds (every run the same steps: a mismatch is shown, not hidden)."""
+    trained = [r for r in records if r["stage"] == "fine-tuned"]
+    if not trained:
+        return []
+    steps = " or ".join(str(count) for count in sorted({r["steps"] for r in trained}))
+    # Dense (budget None) last, as in the perplexity table.
+    present = {r["budget"] for r in trained}
+    budgets = sorted(present - {None}, reverse=True) + [None] * (None in present)
+    lines = ["", f"Fine-tuned: {steps} optimizer steps each (the other settings are in the commands below); "
+             "process CPU seconds, one thread:", "",
+             "| method | " + " | ".join("dense" if b is None else f"budget {b:g}" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for method in dict.fromkeys(r["method"] for r in trained):
+        cells = {r["budget"]: r for r in trained if r["method"] == method}
+        lines.append(f"| {LABELS[method]} | " + " | ".join(f"{cells[b]['cpu_s']:,.0f}" if b in cells else "—"
+                                                          for b in budgets) + " |")
+    return lines
 
 
 def summarize(args: argparse.Namespace) -> None:

@@ -8,7 +8,9 @@ Importing it teaches Optimum's exporter the compact model type (``onnx_config``)
 - ``onnx_config``: the compact type's Optimum ONNX config; ``pooled``: sentence-embedding pooling in the graph;
 - ``fusion``: export-time attention modules that become one fused attention op per layer;
 - ``export`` / ``validation`` / ``fp16`` / ``int8``: the graphs of an export folder, each checked before it is kept;
-- ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark.
+- ``decoder``: a causal LM's graph with its KV cache, checked in prefill and decoding, and its 8-bit-weight graph;
+- ``runtime``: execution-provider choice and sessions; ``bench``: the latency benchmark (``bench_decoder``: its
+  prefill-and-decoding mode for causal LMs).
 """
 
 import importlib.util

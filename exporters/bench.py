@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 from .layout import FILE_NAMES, FP16, INT8, REPORT_NAME, read_export_report
 
@@ -173,16 +173,20 @@ def measure(variant: Variant, settings: BenchSettings) -> dict[str, list[float]]
     times: dict[str, list[float]] = {}
     for batch_size, seq_len in settings.shapes:
         shape = f"{batch_size}x{seq_len}"
-        call = make_call({name: inputs[f"{shape}/{name}"] for name in input_names})
-        for _ in range(settings.warmup):
-            call()
-        samples = []
-        for _ in range(settings.runs_per_round):
-            start = time.perf_counter()
-            call()
-            samples.append(time.perf_counter() - start)
-        times[shape] = samples
+        times[shape] = timed(make_call({name: inputs[f"{shape}/{name}"] for name in input_names}), settings)
     return times
+
+
+def timed(call: Callable[[], Any], settings: BenchSettings) -> list[float]:
+    """``settings.warmup`` untimed calls, then the seconds of each of ``settings.runs_per_round`` calls."""
+    for _ in range(settings.warmup):
+        call()
+    samples = []
+    for _ in range(settings.runs_per_round):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def _torch_runner(variant: Variant, settings: BenchSettings, threads: int) -> tuple[Any, list[str]]:
@@ -265,7 +269,7 @@ def summarize(variants: Sequence[Variant], samples: dict[str, dict[str, list[flo
             rows.append({"variant": variant.name, "group": variant.group, "compact": variant.compact,
                          "batch_size": batch_size,
                          "seq_len": seq_len, "runs": len(times), "median_ms": 1000 * median,
-                         "p90_ms": 1000 * _quantile(times, 0.9), "sequences_per_s": batch_size / median})
+                         "p90_ms": 1000 * quantile(times, 0.9), "sequences_per_s": batch_size / median})
     for row in rows:
         dense = [r["median_ms"] for r in rows if r["variant"] in DENSE_ONNX
                  and (r["batch_size"], r["seq_len"]) == (row["batch_size"], row["seq_len"])]
@@ -274,7 +278,8 @@ def summarize(variants: Sequence[Variant], samples: dict[str, dict[str, list[flo
     return rows
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (the nearest timed run at or above it)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -357,7 +362,7 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
     from peft_rankdyna.io import atomic_write_text
     from peft_rankdyna.accounting import flops_ratio
 
-    labels = _labels(export_dirs)
+    labels = export_labels(export_dirs)
     config = AutoConfig.from_pretrained(export_dirs[0])  # Optimum saves the base model's config beside the graph
     variants = dense_variants(dense_dir, config.architectures[0], config.num_labels, work_dir, settings.provider)
     flops = {}
@@ -387,7 +392,8 @@ def benchmark(export_dirs: Sequence[str], dense_dir: str, settings: BenchSetting
     return results
 
 
-def _labels(export_dirs: Sequence[str]) -> list[str]:
+def export_labels(export_dirs: Sequence[str]) -> list[str]:
+    """A name per export folder for the tables: its folder name, or its path where two names are the same."""
     names = [os.path.basename(os.path.normpath(d)) for d in export_dirs]
     return names if len(set(names)) == len(names) else [os.path.normpath(d) for d in export_dirs]
 

@@ -19,7 +19,8 @@ import sys
 from dataclasses import asdict
 from typing import Any, Sequence
 
-from .bench import BenchSettings, Variant, _labels, _quantile, environment, read_job, run_benchmark
+from .bench import (BenchSettings, Variant, environment, export_labels, quantile, read_job, run_benchmark,
+                    timed)
 from .layout import DECODER_FILE_NAMES, INT8, PORTABLE, read_export_report
 
 DECODER = "decoder"  # the Variant.kind of a graph timed here
@@ -82,21 +83,8 @@ def measure_decoder(variant: Variant, settings: BenchSettings) -> dict[str, list
         step = decode_inputs(prefill, outputs[0][:, -1].argmax(-1))
         decode_feeds = {**step, **cache_feeds(output_names, outputs)}
         for phase, feeds in zip(PHASES, (prefill_feeds, decode_feeds)):
-            times[f"{phase} {batch_size}x{length}"] = _timed(runner(session, feeds), settings)
+            times[f"{phase} {batch_size}x{length}"] = timed(runner(session, feeds), settings)
     return times
-
-
-def _timed(call: Any, settings: BenchSettings) -> list[float]:
-    import time
-
-    for _ in range(settings.warmup):
-        call()
-    samples = []
-    for _ in range(settings.runs_per_round):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def summarize_decoder(variants: Sequence[Variant], samples: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
@@ -111,7 +99,7 @@ def summarize_decoder(variants: Sequence[Variant], samples: dict[str, dict[str, 
             new_tokens = batch_size * (length if phase == "prefill" else 1)
             rows.append({"variant": variant.name, "group": variant.group, "precision": _precision(variant.name),
                          "phase": phase, "batch_size": batch_size, "seq_len": length, "runs": len(times),
-                         "median_ms": 1000 * median, "p90_ms": 1000 * _quantile(times, 0.9),
+                         "median_ms": 1000 * median, "p90_ms": 1000 * quantile(times, 0.9),
                          "tokens_per_s": new_tokens / median})
     for row in rows:
         dense = DENSE_INT8 if row["precision"] == "int8" else DENSE_FP32
@@ -151,7 +139,7 @@ def benchmark_decoder(export_dirs: Sequence[str], dense_model: str, settings: Be
 
     os.makedirs(work_dir, exist_ok=True)
     variants = dense_decoder_variants(dense_model, work_dir)
-    for export_dir, label in zip(export_dirs, _labels(export_dirs)):
+    for export_dir, label in zip(export_dirs, export_labels(export_dirs)):
         variants += compact_decoder_variants(export_dir, label)
     inputs_file = os.path.join(work_dir, "bench_tokens.npz")
     settings = BenchSettings(**{**asdict(settings), "inputs_file": inputs_file})

@@ -145,3 +145,15 @@ def test_whitened_init_basis_refuses_settings_it_cannot_serve(tmp_path, override
     with pytest.raises(ValueError, match=message):
         CompressSettings(**{"model": "m", "task": "mrpc", "output_dir": str(tmp_path), "init_basis": "whitened",
                             **overrides})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(objective="causal-lm"), "whitened"), (dict(objective="causal-lm", method="svd"), "svd"),
+    (dict(objective="causal-lm", rankdyna={"init_budget": 0.8}), "svd"), (dict(), "svd"),
+    (dict(objective="causal-lm", init_basis="svd"), "svd"),
+])
+def test_the_default_init_basis_is_whitened_for_rankdyna_on_causal_lms_only(tmp_path, overrides, expected):
+    from peft_rankdyna.jobs import CompressSettings
+
+    settings = CompressSettings(**{"model": "m", "task": None, "output_dir": str(tmp_path), **overrides})
+    assert settings.init_basis == expected

@@ -182,3 +182,23 @@ def test_the_causal_lm_objective_needs_plain_text(tmp_path, tiny_lm_folder):
     with pytest.raises(ValueError, match="give --texts FILE"):
         compress(CompressSettings(model=tiny_lm_folder, task=None, output_dir=str(tmp_path / "o"),
                                   objective="causal-lm"))
+
+
+def test_a_whitened_init_basis_rebases_every_target_once(tmp_path, tiny_lm_folder, monkeypatch):
+    from peft_rankdyna.model import RankDynaModel
+
+    calls, original = [], RankDynaModel.rebase_factors
+
+    def spy(self, transforms):
+        calls.append(sorted(transforms))
+        original(self, transforms)
+
+    monkeypatch.setattr(RankDynaModel, "rebase_factors", spy)
+    text = tmp_path / "train.txt"
+    text.write_text("".join(f"a line of text number {i} about the weather .\n" for i in range(60)))
+    compress(CompressSettings(model=tiny_lm_folder, task=None, output_dir=str(tmp_path / "out"), budget=0.5,
+                              objective="causal-lm", texts=str(text), max_steps=3, batch_size=4, max_seq_length=32,
+                              init_basis="whitened", calibration_samples=8, show_progress=False,
+                              rankdyna={"tinit": 1, "tfinal": 1, "deltaT": 1}))
+    layers = 2 * len(LLAMA_KINDS)
+    assert len(calls) == 1 and len(calls[0]) == layers

@@ -67,9 +67,10 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="rankdyna (one round, the default); svd, fwsvd (Fisher-weighted rows), asvd (activation-"
                         "scaled inputs) or svdllm (whitened inputs): the baselines (dense fine-tuning where the "
                         "objective has a first round, truncation at one uniform rank, fine-tuning again)")
-    parser.add_argument("--init-basis", choices=["svd", "whitened"], default="svd",
-                        help="rankdyna: factors start from the SVD of each weight (svd, the default) or of the weight "
-                        "times SVD-LLM's whitening of its inputs on --calibration-samples training examples (whitened)")
+    parser.add_argument("--init-basis", choices=["svd", "whitened"], default=None,
+                        help="rankdyna: factors start from the SVD of each weight (svd) or of the weight times SVD-LLM's "
+                        "whitening of its inputs on --calibration-samples training examples (whitened); default: "
+                        "whitened for --objective causal-lm, svd otherwise")
     parser.add_argument("--calibration-samples", type=int, default=128,
                         help="asvd/svdllm: how many training examples (the first batches the seeded Trainer draws) "
                         "calibrate the truncation (default 128)")
@@ -389,13 +390,14 @@ def _run_bench(args: argparse.Namespace) -> None:
     from ..io import portable_command
 
     _log_progress()
+    if args.choose and (args.choose[0] not in (args.batch_sizes or [1, 8, 32]) or args.choose[1] not in args.seq_lens):
+        raise ValueError(f"--choose {args.choose[0]} {args.choose[1]} is not among the timed shapes.")
     decoder = is_decoder_export(args.exports[0])
     if any(is_decoder_export(folder) != decoder for folder in args.exports[1:]):
         raise ValueError("Give causal-LM exports or encoder exports, not both: they are timed differently.")
+    if args.choose and decoder:
+        raise ValueError("--choose picks among an encoder export's graphs; a causal LM's has one per precision.")
     batch_sizes = args.batch_sizes or ([1, 8] if decoder else [1, 8, 32])
-    if args.choose and (decoder or args.choose[0] not in batch_sizes or args.choose[1] not in args.seq_lens):
-        raise ValueError(f"--choose {args.choose[0]} {args.choose[1]} is not among the timed shapes"
-                         + (" (a causal LM's export has one graph per precision: nothing to choose)." if decoder else "."))
     settings = BenchSettings(batch_sizes=tuple(batch_sizes), seq_lens=tuple(args.seq_lens), rounds=args.rounds,
                              runs_per_round=args.runs_per_round, warmup=args.warmup,
                              provider=choose_provider(args.provider), threads=args.threads)
