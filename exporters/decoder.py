@@ -5,8 +5,8 @@ The graph is Optimum's own decoder layout (inputs ``input_ids``, ``attention_mas
 ``optimum.onnxruntime.ORTModelForCausalLM`` loads the folder and generates with the cache. A graph is
 kept only when it computes what the PyTorch model computes on real text, in the two phases of
 generation: a prefill with an empty cache, then a decoding step fed the cache the prefill wrote.
-Logits at real (unpadded) tokens and every present key/value must match within :data:`DECODER_ATOL`;
-one batch is left-padded, as batched generation pads. The int8 graph stores 8-bit weights (see
+Logits and present keys/values at real (unpadded) positions must match within :data:`DECODER_ATOL`;
+one batch is left-padded, as batched generation pads. The int8 graph's check is a prefill. The int8 graph stores 8-bit weights (see
 :func:`quantize_weights` for why not the encoders' dynamic int8) and must pick the fp32 graph's next
 token at :data:`MIN_TOKEN_AGREEMENT` of the real positions of the same text.
 """
@@ -178,14 +178,14 @@ def max_decoder_differences(session: Any, model: torch.nn.Module, tokenizer: Any
 
 def validate_decoder(session: Any, model: torch.nn.Module, tokenizer: Any, atol: float = DECODER_ATOL
                      ) -> dict[str, float]:
-    """:func:`max_decoder_differences` summed up per kind (logits, cached keys, cached values), raising
+    """:func:`max_decoder_differences`, its largest per kind (logits, cached keys, cached values), raising
     :class:`ExportValidationError` when one exceeds ``atol``."""
     worst = max_decoder_differences(session, model, tokenizer)
     for name, difference in worst.items():
         if not difference <= atol:
             raise ExportValidationError(
                 f"text-generation-with-past: output {name!r} differs from PyTorch by up to {difference:.3g} "
-                f"(tolerance {atol:g}) on real text (prefill and one decoding step); the graph was not kept.")
+                f"(tolerance {atol:g}) on real text (prefill and one decoding step); the export was not written.")
     kinds = {"logits": "logits", "key": "present keys", "value": "present values"}
     return {label: max(v for n, v in worst.items() if n.endswith(suffix)) for suffix, label in kinds.items()}
 
@@ -241,7 +241,7 @@ def _int8_variant(folder: str, tokenizer: Any, min_agreement: float) -> dict[str
         if not result["agreement"] >= min_agreement:
             raise ExportValidationError(
                 f"int8: picks the fp32 graph's next token at only {result['agreement']:.2%} of {result['positions']} "
-                f"real positions (need {min_agreement:.0%}); the int8 graph was not kept.")
+                f"real positions (need {min_agreement:.0%}); the export was not written.")
 
     _kept_or_removed(path, check)
     logger.info("rankdyna export: int8 graph picks the fp32 graph's next token at %.2f%% of %d positions "

@@ -225,7 +225,10 @@ class RankDynaLayer(nn.Module, BaseTunerLayer):
         With ``S`` the whitening of the layer's inputs (SVD-LLM's Cholesky factor of their Gram matrix,
         :func:`peft_rankdyna.baselines.input_transforms`), a group's singular value is what dropping it
         costs on those inputs, not on W alone: the order a truncation of W·x wants. The layer computes
-        the same W; only at full rank with no group masked (``init_budget=None``, before training).
+        the same W (up to fp32 rounding through S⁻¹, which grows with S's condition number); only at full
+        rank with no group masked (``init_budget=None``, before training). S is taken as given: with the
+        Gram matrix of N calibration tokens summed, s grows as √N and Vᵀ·S⁻¹ shrinks as 1/√N, so the
+        factors' scale, and with it what an Adam step does to them, depends on N (measured runs: N = 16,384).
         """
         adapter = self._adapter
         if self.initial_rank != min(self.out_features, self.in_features) or self.rank != self.initial_rank:

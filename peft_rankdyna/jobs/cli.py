@@ -70,7 +70,7 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-basis", choices=["svd", "whitened"], default=None,
                         help="rankdyna: factors start from the SVD of each weight (svd) or of the weight times SVD-LLM's "
                         "whitening of its inputs on --calibration-samples training examples (whitened); default: "
-                        "whitened for --objective causal-lm, svd otherwise")
+                        "whitened for --objective causal-lm (svd where --init-budget rules it out), svd otherwise")
     parser.add_argument("--calibration-samples", type=int, default=128,
                         help="asvd/svdllm: how many training examples (the first batches the seeded Trainer draws) "
                         "calibrate the truncation (default 128)")
