@@ -26,7 +26,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from glue import append_line, read_lines  # the GLUE grid's JSON-lines records, the same way
 
@@ -41,18 +41,13 @@ LABELS = {"dense": "dense", "svd": "SVD", "asvd": "ASVD", "svdllm": "SVD-LLM", "
           "rankdyna_whitened": "RankDyna, whitened start (the default)"}
 
 
-def model_args(path: str) -> tuple[str, Optional[str]]:
-    """A model folder, or a ``.gguf`` file as (its folder, its name)."""
-    return (os.path.dirname(os.path.abspath(path)), os.path.basename(path)) if path.endswith(".gguf") else (path, None)
-
-
 def load(path: str) -> tuple[Any, Any]:
     """The pre-trained causal LM and its tokenizer (a GGUF file de-quantized by transformers)."""
     from transformers import AutoModelForCausalLM
 
-    from peft_rankdyna.loading import load_tokenizer
+    from peft_rankdyna.loading import load_tokenizer, model_location
 
-    folder, gguf = model_args(path)
+    folder, gguf = model_location(path)
     extra = {"gguf_file": gguf} if gguf else {}
     return AutoModelForCausalLM.from_pretrained(folder, **extra).eval(), load_tokenizer(folder, gguf)
 

@@ -35,12 +35,11 @@ def dense_decoder_variants(dense_model: str, work_dir: str) -> list[Variant]:
     if not os.path.isfile(os.path.join(folder, DECODER_FILE_NAMES[INT8])):
         from transformers import AutoModelForCausalLM
 
-        from peft_rankdyna.loading import load_tokenizer
+        from peft_rankdyna.loading import load_tokenizer, model_location
 
         from .decoder import export_causal_lm
 
-        path, gguf = (os.path.split(os.path.abspath(dense_model)) if dense_model.endswith(".gguf")
-                      else (dense_model, None))
+        path, gguf = model_location(dense_model)
         model = AutoModelForCausalLM.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
         export_causal_lm(model, load_tokenizer(path, gguf), folder, int8=True)
     return [Variant(name, DECODER, os.path.join(folder, DECODER_FILE_NAMES[variant]))

@@ -39,6 +39,14 @@ def require_model_folder(path: str) -> None:
         raise FileNotFoundError(f"Model folder not found: {path} (pass a local folder saved with save_pretrained).")
 
 
+def model_location(path: str) -> tuple[str, Optional[str]]:
+    """A model folder as ``(folder, None)``, or a ``.gguf`` file as ``(its folder, its file name)``: what
+    transformers' ``from_pretrained(folder, gguf_file=name)`` takes."""
+    if path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    return path, None
+
+
 def load_tokenizer(path: str, gguf_file: Optional[str] = None) -> Any:
     """The tokenizer saved beside a model (or in the GGUF file ``gguf_file`` in ``path``); none is a clear error."""
     require_model_folder(path)

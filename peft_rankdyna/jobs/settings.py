@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..loading import model_location
+
 METHODS = ("rankdyna", "svd", "fwsvd", "asvd", "svdllm")
 INIT_BASES = ("svd", "whitened")
 
@@ -68,7 +70,7 @@ class CompressSettings:
         # Paths may come as pathlib objects; results.json records them as text.
         self.model, self.output_dir = os.fspath(self.model), os.fspath(self.output_dir)
         if self.model.endswith(".gguf") and self.gguf_file is None:  # a GGUF file: its folder and its name
-            self.model, self.gguf_file = os.path.dirname(os.path.abspath(self.model)), os.path.basename(self.model)
+            self.model, self.gguf_file = model_location(self.model)
         for name in ("glue_dir", "finetuned_model", "train_file", "validation_file", "texts", "validation_texts"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.fspath(getattr(self, name)))
