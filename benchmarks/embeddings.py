@@ -1,16 +1,28 @@
-"""Compressed sentence-embedding models: RankDyna against uniform truncated SVD, both distilled from the dense model.
+"""Compressed sentence-embedding models, judged the way embedding users judge them.
 
-    GLUE_DIR=../shared/data/glue python benchmarks/embeddings.py --model $MODEL --out benchmarks/results/embeddings
+    python benchmarks/embedding_texts.py --glue-dir $GLUE_DIR --wikitext $WIKI --out $TEXTS
+    python benchmarks/embeddings.py --model $MODEL --texts $TEXTS --glue-dir $GLUE_DIR --out benchmarks/results/embeddings \\
+        --work-dir $WORK_DIR [--setting "NAME=compress flags" ...]
 
-The distillation texts are MRPC's *training* sentences (both columns); everything is scored on text
-that was not trained on: MRPC's dev sentences. Each compressed model is one
-``rankdyna compress --objective embedding-distillation`` run in its own process (skipped when its
-folder already holds results, so the benchmark resumes); then every model, the dense teacher
-included, is scored: mean (and 5th-percentile) cosine between its embeddings and the teacher's on
-the dev sentences, and the ROC AUC of the cosine similarity of each MRPC dev pair against the
-paraphrase label, a task metric from embeddings alone; and, to tell under- from over-fitting, the
-mean cosine on :data:`FIT_TEXTS` of the training sentences. Writes ``OUT.json`` and ``OUT.md`` with
-the commands.
+Every compressed model is one ``rankdyna compress --objective embedding-distillation`` run in its
+own process (skipped when its folder already holds results, so the benchmark resumes), distilled on
+``$TEXTS/train.txt`` and scored on ``$TEXTS/validation.txt`` while it trains (``--eval-steps``:
+the curve of cosine to the teacher against steps) and at its end: the validation figures are what
+options are chosen on. Each ``--setting`` is one set of compress options (the objective and
+schedule levers), its runs in their own folders, its rows in the table: settings are compared on
+the same seed and text, never merged. Then every model, the dense teacher included, is scored on
+text it never saw, ``$TEXTS/pool.txt``:
+
+- mean and 5th-percentile cosine to the teacher's embeddings;
+- recall@10 against the teacher: in the student's own index, and with the student's queries
+  against the teacher's documents (the mixed index: can it serve an index the teacher built);
+- the MRPC dev pair AUC of the embeddings' cosine, and linear probes (logistic regression on the
+  frozen embeddings of ``--probe-samples`` training sentences) on SST-2 (accuracy) and CoLA
+  (Matthews) dev;
+- the cosine on a seeded sample of the training text (under- or over-fitting);
+- that ``SentenceTransformer(folder)`` encodes as our pipeline does (the largest difference).
+
+Writes ``OUT.json``, ``OUT.md`` (with the commands) and ``OUT.png`` (the curves).
 """
 
 from __future__ import annotations
@@ -19,9 +31,11 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,131 +43,243 @@ import torch.nn.functional as F
 RUNS = [("rankdyna", 0.5), ("rankdyna", 0.25), ("svd", 0.5), ("svd", 0.25)]
 LABELS = {"rankdyna": "RankDyna", "svd": "uniform SVD"}
 FIT_TEXTS = 1000  # training sentences (a seeded sample) the fit to the teacher is also measured on
+PROBES = {"sst2": "accuracy", "cola": "matthews"}
+ST_CHECK_TEXTS = 64  # pool sentences SentenceTransformer encodes for the loading check
 
 
-def write_texts(glue_dir: str, work_dir: str) -> tuple[str, str]:
-    """MRPC's training sentences and dev sentences, one per line, for the distillation runs."""
-    from peft_rankdyna.jobs.data.glue import get_task, load_glue
-
-    task = get_task("mrpc")
-    paths = []
-    for split in ("train", "dev"):
-        texts = [text for column in load_glue(task, split, glue_dir).texts for text in column]
-        path = os.path.join(work_dir, f"mrpc-{split}-sentences.txt")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(texts) + "\n")
-        paths.append(path)
-    return paths[0], paths[1]
+def parse_setting(text: str) -> tuple[str, list[str]]:
+    """``"NAME=flags"`` (flags of ``rankdyna compress``, shell-quoted) → (name, flags); ``"NAME"`` has none."""
+    name, _, flags = text.partition("=")
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"a setting is NAME=FLAGS with a plain NAME, got {text!r}")
+    return name, shlex.split(flags)
 
 
-def distill_command(args: argparse.Namespace, method: str, budget: float, train: str, dev: str) -> list[str]:
+def distill_command(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float) -> list[str]:
     """The ``rankdyna compress`` command of one compressed model."""
-    return ["rankdyna", "compress", "--model", args.model, "--objective", "embedding-distillation", "--texts", train,
-            "--validation-texts", dev, "--method", method, "--budget", f"{budget:g}", "--seed", str(args.seed),
-            "--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}", "--max-seq-length", str(args.max_seq_length),
-            "--output", os.path.join(args.work_dir, f"{method}-{budget:g}"), "--no-progress",
-            *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else [])]
+    name, flags = setting
+    return ["rankdyna", "compress", "--model", args.model, "--objective", "embedding-distillation", "--texts",
+            os.path.join(args.texts, "train.txt"), "--validation-texts", os.path.join(args.texts, "validation.txt"),
+            "--method", method, "--budget", f"{budget:g}",
+            "--seed", str(args.seed), "--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}",
+            "--max-seq-length", str(args.max_seq_length), "--eval-steps", str(args.eval_steps),
+            "--output", os.path.join(args.work_dir, name, f"{method}-{budget:g}"), "--no-progress",
+            *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []), *flags]
 
 
-def score(model: torch.nn.Module, tokenizer: Any, pooling: Any, teacher: torch.Tensor, glue_dir: str,
-          max_length: int) -> dict[str, float]:
-    """Cosine to the teacher on the MRPC dev sentences and the MRPC dev pair AUC of ``model``."""
-    from sklearn.metrics import roc_auc_score
+@dataclass
+class Evaluation:
+    """The texts every model is scored on, and the teacher's embeddings of them."""
 
-    from peft_rankdyna.jobs.data.glue import get_task, load_glue
-    from peft_rankdyna.jobs.objectives.embedding_distillation import cosine_report, embed
+    pool: list[str]
+    teacher_pool: torch.Tensor
+    mrpc: tuple[list[str], list[str], list[int]]
+    probes: dict[str, tuple[list[str], list[int], list[str], list[int]]]
+    fit: list[str]
+    teacher_fit: torch.Tensor
 
-    dev = load_glue(get_task("mrpc"), "dev", glue_dir)
-    first, second = (embed(model, tokenizer, column, pooling, max_length) for column in dev.texts)
-    similarity = F.cosine_similarity(first, second, dim=-1).numpy()
-    return {**cosine_report(torch.cat([first, second]), teacher), "mrpc_auc": float(roc_auc_score(dev.labels, similarity))}
+
+def read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [line for line in handle.read().splitlines() if line.strip()]
 
 
 def fit_sample(train_path: str, count: int = FIT_TEXTS) -> list[str]:
     """A seeded sample of the distillation's own training sentences."""
-    with open(train_path, encoding="utf-8") as handle:
-        texts = handle.read().splitlines()
-    return [texts[i] for i in sorted(torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:count])]
+    texts = read_lines(train_path)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:count]
+    return [texts[i] for i in sorted(order.tolist())]
+
+
+def evaluation(args: argparse.Namespace, encode: Any) -> Evaluation:
+    """The pool, MRPC dev pairs, probe data and fit sample; ``encode(texts)`` gives the teacher's embeddings."""
+    from peft_rankdyna.jobs.data.glue import get_task, load_glue
+
+    def split(task: str, name: str, limit: Optional[int] = None) -> tuple[list[str], list[int]]:
+        data = load_glue(get_task(task), name, args.glue_dir)
+        return data.texts[0][:limit], [int(label) for label in data.labels[:limit]]
+
+    mrpc = load_glue(get_task("mrpc"), "dev", args.glue_dir)
+    pool, fit = read_lines(os.path.join(args.texts, "pool.txt")), fit_sample(os.path.join(args.texts, "train.txt"))
+    probes = {task: (*split(task, "train", args.probe_samples), *split(task, "dev")) for task in PROBES}
+    return Evaluation(pool, encode(pool), (*mrpc.texts, [int(label) for label in mrpc.labels]), probes, fit,
+                      encode(fit))
+
+
+def linear_probe(train: torch.Tensor, train_labels: list[int], dev: torch.Tensor, dev_labels: list[int],
+                 metric: str) -> float:
+    """Logistic regression on frozen embeddings, trained on ``train``, scored on ``dev`` (accuracy or Matthews)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, matthews_corrcoef
+
+    predicted = LogisticRegression(max_iter=2000).fit(train.numpy(), train_labels).predict(dev.numpy())
+    return float(accuracy_score(dev_labels, predicted) if metric == "accuracy" else
+                 matthews_corrcoef(dev_labels, predicted))
+
+
+def score(encode: Any, data: Evaluation) -> dict[str, float]:
+    """Every measure of one model (``encode(texts)`` → its embeddings) against the teacher's."""
+    from sklearn.metrics import roc_auc_score
+
+    from peft_rankdyna.jobs.embedding_metrics import cosine_report, index_report
+
+    pool = encode(data.pool)
+    first, second, labels = data.mrpc
+    pairs = F.cosine_similarity(encode(first), encode(second), dim=-1).numpy()
+    scores = {**cosine_report(pool, data.teacher_pool), **index_report(pool, data.teacher_pool, 10),
+              "mrpc_auc": float(roc_auc_score(labels, pairs)),
+              "train_mean_cosine": cosine_report(encode(data.fit), data.teacher_fit)["mean_cosine"]}
+    for task, (train_texts, train_labels, dev_texts, dev_labels) in data.probes.items():
+        scores[f"{task}_probe"] = linear_probe(encode(train_texts), train_labels, encode(dev_texts), dev_labels,
+                                               PROBES[task])
+    return scores
+
+
+def sentence_transformers_difference(folder: str, texts: list[str], expected: torch.Tensor,
+                                     max_length: int) -> Optional[float]:
+    """Largest difference between ``SentenceTransformer(folder)``'s embeddings (truncated at ``max_length``
+    tokens, as ours are) and ``expected``; None without sentence-transformers."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    model = SentenceTransformer(folder, device="cpu")
+    model.max_seq_length = max_length
+    return float((model.encode(texts, convert_to_tensor=True).float() - expected).abs().max())
+
+
+def run_and_score(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float,
+                  data: Evaluation, paths: dict[str, str]) -> dict[str, Any]:
+    """Run (unless done) and score one compressed model; its table row."""
+    from peft_rankdyna.compact import AutoCompactModel
+    from peft_rankdyna.io import portable_command
+
+    command = distill_command(args, setting, method, budget)
+    output = command[command.index("--output") + 1]
+    if not os.path.isfile(os.path.join(output, "results.json")):
+        print(f"running {setting[0]} {method} {budget:g} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
+    with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    folder = os.path.join(output, "compact")
+    encode = encoder(AutoCompactModel.from_pretrained(folder), folder, args.max_seq_length)
+    sample = data.pool[:ST_CHECK_TEXTS]
+    return {"setting": setting[0], "flags": shlex.join(setting[1]), "method": LABELS[method], "budget": budget,
+            "command": portable_command(command, paths), **score(encode, data),
+            "sentence_transformers_max_diff": sentence_transformers_difference(folder, sample, encode(sample),
+                                                                               args.max_seq_length),
+            "validation_mean_cosine": results["metrics"]["mean_cosine"],
+            "target_params": results["target_params_after"], "train_texts": results["train_texts"],
+            "train_steps": results["train_steps"], "wall_time_s": results["wall_time_s"],
+            "curve": results.get("curve", [])}
+
+
+def encoder(model: torch.nn.Module, folder: str, max_length: int) -> Any:
+    """``encode(texts)``: the pooled embeddings of ``model`` as the model folder declares its pooling."""
+    from transformers import AutoTokenizer
+
+    from peft_rankdyna.jobs.objectives.embedding_distillation import embed
+    from peft_rankdyna.pooling import read_pooling
+
+    tokenizer, pooling = AutoTokenizer.from_pretrained(folder), read_pooling(folder)
+    return lambda texts: embed(model, tokenizer, texts, pooling, max_length)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from peft_rankdyna.compact import AutoCompactModel
-    from peft_rankdyna.jobs.data.glue import get_task, load_glue
-    from peft_rankdyna.jobs.objectives.embedding_distillation import cosine_report, embed
+    from peft_rankdyna.accounting import model_report
     from peft_rankdyna.io import portable_command
     from peft_rankdyna.pooling import read_pooling
-    from peft_rankdyna.accounting import model_report
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    train, dev = write_texts(args.glue_dir, args.work_dir)
-    paths = {args.model: "$MODEL", args.glue_dir: "$GLUE_DIR", args.work_dir: "$WORK_DIR"}
-    tokenizer, pooling = AutoTokenizer.from_pretrained(args.model), read_pooling(args.model)
-    teacher_model = AutoModel.from_pretrained(args.model)
-    dev_split = load_glue(get_task("mrpc"), "dev", args.glue_dir)
-    teacher = torch.cat([embed(teacher_model, tokenizer, column, pooling, args.max_seq_length)
-                         for column in dev_split.texts])
-    fit_texts = fit_sample(train)
-    teacher_fit = embed(teacher_model, tokenizer, fit_texts, pooling, args.max_seq_length)
-
-    def fit(model: torch.nn.Module, model_pooling: Any) -> float:
-        student = embed(model, tokenizer, fit_texts, model_pooling, args.max_seq_length)
-        return cosine_report(student, teacher_fit)["mean_cosine"]
-
-    rows = [{"method": "dense (teacher)", "budget": None, "command": None, "train_mean_cosine": 1.0,
-             **score(teacher_model, tokenizer, pooling, teacher, args.glue_dir, args.max_seq_length),
-             "target_params": model_report(teacher_model)["target_params"]}]
-    for method, budget in RUNS:
-        command = distill_command(args, method, budget, train, dev)
-        output = command[command.index("--output") + 1]
-        if not os.path.isfile(os.path.join(output, "results.json")):
-            print(f"running {method} {budget:g} ...", flush=True)
-            subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
-        with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
-            results = json.load(handle)
-        compact = AutoCompactModel.from_pretrained(os.path.join(output, "compact"))
-        compact_pooling = read_pooling(os.path.join(output, "compact"))
-        rows.append({"method": LABELS[method], "budget": budget, "command": portable_command(command, paths),
-                     **score(compact, tokenizer, compact_pooling, teacher, args.glue_dir, args.max_seq_length),
-                     "train_mean_cosine": fit(compact, compact_pooling),
-                     "target_params": results["target_params_after"], "file_size_bytes": results["file_size_bytes"],
-                     "train_texts": results["train_texts"], "wall_time_s": results["wall_time_s"]})
-    return {"rows": rows, "pooling": pooling.to_dict(),
-            "command": "python " + portable_command(sys.argv, paths),
-            "environment": {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}}
+    paths = {args.model: "$MODEL", args.glue_dir: "$GLUE_DIR", args.work_dir: "$WORK_DIR", args.texts: "$TEXTS"}
+    teacher = AutoModel.from_pretrained(args.model)
+    encode = encoder(teacher, args.model, args.max_seq_length)
+    data = evaluation(args, encode)
+    rows = [{"setting": "—", "flags": "", "method": "dense (teacher)", "budget": None, "command": None,
+             **score(encode, data), "target_params": model_report(teacher)["target_params"], "curve": []}]
+    for setting in args.setting or [("default", [])]:
+        rows += [run_and_score(args, setting, method, budget, data, paths) for method, budget in args.runs]
+    return {"rows": rows, "pooling": read_pooling(args.model).to_dict(), "pool_texts": len(data.pool),
+            "probe_samples": args.probe_samples, "command": f"python benchmarks/embeddings.py {portable_command(args.argv, paths)}",
+            "environment": {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                            "threads": os.environ.get("OMP_NUM_THREADS", "unset")}}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Sentence embeddings: RankDyna vs uniform SVD, both distilled from the dense model", "",
-             "Distilled on MRPC's training sentences; scored on MRPC's dev sentences (not trained on), except the "
-             "training-sentence column: the fit on a seeded sample of the sentences distilled on.", "",
-             "| model | budget | mean cosine to teacher | 5th-percentile cosine | MRPC dev pair AUC | "
-             f"mean cosine, {FIT_TEXTS:,} training sentences | target params |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["# Sentence embeddings: compressed students against their dense teacher", "",
+             f"Scored on {result['pool_texts']:,} pool sentences never trained on (recall@10 over the whole pool), "
+             "MRPC dev pairs, and linear probes trained on the frozen embeddings of "
+             f"{result['probe_samples']:,} training sentences per task. Each setting's runs share one seed and "
+             "text; settings are rows, never merged or chosen.", "",
+             "| setting | model | budget | mean cos | p5 cos | recall@10 | mixed recall@10 | MRPC AUC | SST-2 probe acc "
+             "| CoLA probe MCC | cos on train text | cos on validation | steps | target params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         budget = "—" if row["budget"] is None else f"{row['budget']:g}"
-        lines.append(f"| {row['method']} | {budget} | {row['mean_cosine']:.4f} | {row['p5_cosine']:.4f} | "
-                     f"{row['mrpc_auc']:.4f} | {row['train_mean_cosine']:.4f} | {row['target_params']:,} |")
-    lines += ["", f"Pooling: {result['pooling']}. Command: `{result['command']}`", "", "Runs:", ""]
+        lines.append(f"| {row['setting']} | {row['method']} | {budget} | {row['mean_cosine']:.4f} | "
+                     f"{row['p5_cosine']:.4f} | {row['recall_at_10']:.3f} | {row['mixed_recall_at_10']:.3f} | "
+                     f"{row['mrpc_auc']:.4f} | {row['sst2_probe']:.4f} | {row['cola_probe']:.4f} | "
+                     f"{row['train_mean_cosine']:.4f} | {_figure(row.get('validation_mean_cosine'))} | "
+                     f"{row.get('train_steps', '—')} | {row['target_params']:,} |")
+    settings = {row["setting"]: row["flags"] for row in result["rows"][1:]}
+    lines += ["", "Settings: " + "; ".join(f"`{name}` = `{flags or '(defaults)'}`" for name, flags in settings.items()),
+              "", f"Pooling: {result['pooling']}. Command: `{result['command']}`", "", "Runs:", ""]
     lines += [f"- `{row['command']}`" for row in result["rows"] if row["command"]]
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def plot_curves(result: dict[str, Any], path: str) -> None:
+    """Mean cosine to the teacher (validation texts) against optimizer steps, one line per run."""
+    from peft_rankdyna.jobs.plots import pyplot
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in result["rows"]:
+        if row["curve"]:
+            axis.plot([p["step"] for p in row["curve"]], [p["mean_cosine"] for p in row["curve"]], "o-", markersize=3,
+                      label=f"{row['setting']}: {row['method']} {row['budget']:g}")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("mean cosine to the teacher (held-out texts)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_spec(text: str) -> tuple[str, float]:
+    method, _, budget = text.partition(":")
+    if method not in LABELS:
+        raise argparse.ArgumentTypeError(f"a run is METHOD:BUDGET with METHOD one of {', '.join(LABELS)}")
+    return method, float(budget)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a sentence-transformers model folder (all-MiniLM-L6-v2)")
-    parser.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="GLUE root (MRPC)")
-    parser.add_argument("--out", required=True, help="output path without extension (.json and .md)")
+    parser.add_argument("--texts", required=True, help="folder written by benchmarks/embedding_texts.py")
+    parser.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="GLUE root (MRPC, SST-2, CoLA)")
+    parser.add_argument("--out", required=True, help="output path without extension (.json, .md and .png)")
     parser.add_argument("--work-dir", default="runs/embeddings")
+    parser.add_argument("--setting", type=parse_setting, action="append",
+                        help="NAME=FLAGS: one set of extra compress flags (repeatable; default: one, 'default')")
+    parser.add_argument("--runs", type=run_spec, nargs="+", default=RUNS, help="METHOD:BUDGET pairs")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--max-train-samples", type=int, default=None, help="distil on the first N texts only")
+    parser.add_argument("--eval-steps", type=int, default=500, help="score the students every N steps (the curve)")
+    parser.add_argument("--probe-samples", type=int, default=4000, help="training sentences per linear probe")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
     if not args.glue_dir:
-        parser.error("--glue-dir (or GLUE_DIR) is needed: the texts and the scores come from MRPC.")
+        parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
     result = measure(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as handle:
@@ -161,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(result)
     with open(args.out + ".md", "w", encoding="utf-8") as handle:
         handle.write(text)
+    plot_curves(result, args.out + ".png")
     print(text)
 
 

@@ -267,7 +267,7 @@ class RankDynaModel(BaseTuner):
             warmup = config.schedule().tinit
         else:
             warmup = config.tinit if isinstance(config.tinit, int) else 0
-        if self._training_forwards > warmup:
+        if self._training_forwards > warmup + 1:  # the first step's forward comes before the first call
             self._warned_no_allocation = True
             warnings.warn(
                 f"RankDyna: {self._training_forwards} training forward passes and no `update_and_allocate` call: "

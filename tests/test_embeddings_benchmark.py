@@ -1,4 +1,5 @@
-"""benchmarks/embeddings.py: a smoke run on a tiny sentence-embedding model with real MRPC text."""
+"""benchmarks/embeddings.py and embedding_texts.py: the texts kept apart, and a smoke run on a tiny model with real
+GLUE text whose scores are recomputed here."""
 
 import csv
 import json
@@ -10,85 +11,108 @@ import torch.nn.functional as F
 from conftest import load_benchmark
 
 embeddings = load_benchmark("embeddings")
+embedding_texts = load_benchmark("embedding_texts")
 
 MAX_LENGTH = 32
+WIKI = (" = Heading = \n\n The river is 1 @,@ 200 km long . It flows ( mostly ) east . Short piece .\n"
+        " The town 's mayor did n't like the plan at all .\n")
 
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Seeds torch before the fixtures draw their random models (autouse fixtures run first), so the scores the test
-    recomputes are the same on every run."""
+    """Seeds torch before the fixtures draw their random models (autouse fixtures run first)."""
     torch.manual_seed(0)
 
 
-def _mrpc_dev(glue_dir):
-    """MRPC's dev pairs and labels, read from the TSV here (columns 3, 4 and 0), not through the library."""
-    with open(os.path.join(glue_dir, "MRPC", "dev.tsv"), encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    return [r[3] for r in rows], [r[4] for r in rows], torch.tensor([int(r[0]) for r in rows])
+def test_wikitext_is_split_into_readable_sentences(tmp_path):
+    (tmp_path / "w.txt").write_text(WIKI)
+    assert embedding_texts.wiki_sentences(str(tmp_path / "w.txt")) == [
+        "The river is 1,200 km long.", "It flows (mostly) east.",  # "Short piece ." is left out
+        "The town's mayor didn't like the plan at all."]
 
 
-def _mean_pooled(model, tokenizer, texts):
-    """Mean of the token states over the attention mask, all texts in one padded batch."""
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model.eval()(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    return (hidden * mask).sum(1) / mask.sum(1)
+def test_the_training_text_holds_no_pool_or_validation_sentence(tmp_path, glue_dir):
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "valid.txt").write_text(WIKI)
+    (wiki / "test.txt").write_text(" The town 's mayor did n't like the plan at all .\n A test sentence of five words .\n")
+    counts = embedding_texts.write_texts(glue_dir, str(wiki), str(tmp_path / "texts"))
+    files = {name: (tmp_path / "texts" / f"{name}.txt").read_text().splitlines() for name in counts}
+    assert {name: len(lines) for name, lines in files.items()} == counts
+    keys = {name: {embedding_texts.key(text) for text in lines} for name, lines in files.items()}
+    assert len(keys["train"]) == counts["train"]  # de-duplicated
+    assert not keys["train"] & keys["pool"] and not keys["train"] & keys["validation"]
+    assert "the town's mayor didn't like the plan at all." in keys["pool"]  # in both wiki files: pool only
+    assert "the river is 1,200 km long." in keys["train"] | keys["validation"]
+    with open(os.path.join(glue_dir, "CoLA", "dev.tsv"), encoding="utf-8") as handle:
+        cola_dev = [row[3] for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    assert {embedding_texts.key(text) for text in cola_dev} <= keys["pool"]
 
 
-def _auc(scores, labels):
-    """ROC AUC as the Mann-Whitney statistic: the share of (positive, negative) pairs ranked right, ties half."""
-    positive, negative = scores[labels == 1][:, None], scores[labels == 0][None, :]
-    return float(((positive > negative).double() + 0.5 * (positive == negative).double()).mean())
+def _pooled(model, tokenizer, texts):
+    """Mean of the token states over the attention mask (the tiny model declares no pooling), in batches."""
+    chunks = []
+    for start in range(0, len(texts), 256):
+        batch = tokenizer(texts[start:start + 256], padding=True, truncation=True, max_length=MAX_LENGTH,
+                          return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.eval()(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        chunks.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(chunks)
+
+
+def _recall(student, teacher, k=10):
+    """Overlap of top-k neighbour sets, written out with argsort (self excluded by a -2 on the diagonal)."""
+    def top(queries, documents):
+        similarity = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T
+        similarity.fill_diagonal_(-2)
+        return similarity.argsort(dim=-1, descending=True)[:, :k].tolist()
+
+    expected = top(teacher, teacher)
+    return [sum(len(set(a) & set(b)) for a, b in zip(top(q, d), expected)) / (k * len(expected))
+            for q, d in ((student, student), (student, teacher))]
 
 
 def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_model, glue_dir):
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "valid.txt").write_text(WIKI)
+    (wiki / "test.txt").write_text(" A test sentence of five words .\n")
+    texts = str(tmp_path / "texts")
+    embedding_texts.write_texts(glue_dir, str(wiki), texts)
     out = str(tmp_path / "embeddings")
-    embeddings.main(["--model", tiny_glue_model, "--glue-dir", glue_dir, "--out", out, "--work-dir",
-                     str(tmp_path / "work"), "--epochs", "1", "--max-train-samples", "64",
-                     "--max-seq-length", str(MAX_LENGTH)])
+    embeddings.main(["--model", tiny_glue_model, "--texts", texts, "--glue-dir", glue_dir, "--out", out,
+                     "--work-dir", str(tmp_path / "work"), "--max-train-samples", "64", "--epochs", "1",
+                     "--max-seq-length", str(MAX_LENGTH), "--eval-steps", "4", "--probe-samples", "300",
+                     "--runs", "rankdyna:0.25", "svd:0.5", "--setting", "cos=--distill-loss cosine --tinit 0"])
     result = json.load(open(out + ".json", encoding="utf-8"))
-    methods = [(row["method"], row["budget"]) for row in result["rows"]]
-    assert methods == [("dense (teacher)", None), ("RankDyna", 0.5), ("RankDyna", 0.25), ("uniform SVD", 0.5),
-                       ("uniform SVD", 0.25)]
-    teacher = result["rows"][0]
-    assert result["pooling"]["mode"] == "mean"  # the tiny model declares no pooling: mean, as computed below
-    # Every score recomputed here from the models on disk and MRPC's dev TSV: the teacher's pair AUC, and the
-    # cosines to the teacher, pair AUC and fit on training sentences of the RankDyna model at 0.25.
+    assert [(r["setting"], r["method"], r["budget"]) for r in result["rows"]] == [
+        ("—", "dense (teacher)", None), ("cos", "RankDyna", 0.25), ("cos", "uniform SVD", 0.5)]
+    teacher_row, row = result["rows"][0], result["rows"][1]
+    assert (teacher_row["mean_cosine"], teacher_row["recall_at_10"], teacher_row["mixed_recall_at_10"]) == \
+        pytest.approx((1.0, 1.0, 1.0), abs=1e-5)
     from transformers import AutoModel, AutoTokenizer
 
     from peft_rankdyna.compact import AutoCompactModel
 
-    first, second, labels = _mrpc_dev(glue_dir)
+    pool = (tmp_path / "texts" / "pool.txt").read_text().splitlines()
     tokenizer = AutoTokenizer.from_pretrained(tiny_glue_model)
-    teacher_model = AutoModel.from_pretrained(tiny_glue_model)
-    student = AutoCompactModel.from_pretrained(str(tmp_path / "work" / "rankdyna-0.25" / "compact"))
-    teacher_pairs = [_mean_pooled(teacher_model, tokenizer, column) for column in (first, second)]
-    student_pairs = [_mean_pooled(student, tokenizer, column) for column in (first, second)]
-    teacher_auc = _auc(F.cosine_similarity(*teacher_pairs, dim=-1), labels)
-    student_auc = _auc(F.cosine_similarity(*student_pairs, dim=-1), labels)
-    assert abs(teacher_auc - 0.5) > 0.1  # 0.70: not what a constant similarity scores
-    # 3e-4: up to ~10 of the 279 × 129 (positive, negative) pairs may swap order on rounding (none did here)
-    assert teacher["mrpc_auc"] == pytest.approx(teacher_auc, abs=3e-4)
-    assert abs(teacher["mean_cosine"] - 1.0) < 1e-5  # scored against itself
-    row = next(r for r in result["rows"] if (r["method"], r["budget"]) == ("RankDyna", 0.25))
-    cosines = F.cosine_similarity(torch.cat(student_pairs), torch.cat(teacher_pairs), dim=-1)
-    # A tiny random encoder maps every sentence near one direction: the student sits 7e-5 below cosine 1 (the
-    # teacher itself 1e-7), and its recomputed scores agree with the benchmark's to ~1e-7, hence the tolerances.
+    student = _pooled(AutoCompactModel.from_pretrained(str(tmp_path / "work" / "cos" / "rankdyna-0.25" / "compact")),
+                      tokenizer, pool)
+    teacher = _pooled(AutoModel.from_pretrained(tiny_glue_model), tokenizer, pool)
+    cosines = F.cosine_similarity(student, teacher, dim=-1)
     assert float(cosines.mean()) < 1 - 2e-5  # distilled, not the teacher
     assert row["mean_cosine"] == pytest.approx(float(cosines.mean()), abs=2e-6)
-    assert row["p5_cosine"] == pytest.approx(float(torch.quantile(cosines, 0.05)), abs=2e-6)
-    assert row["mrpc_auc"] == pytest.approx(student_auc, abs=3e-4)
-    fit_texts = embeddings.fit_sample(str(tmp_path / "work" / "mrpc-train-sentences.txt"))
-    fit = F.cosine_similarity(_mean_pooled(student, tokenizer, fit_texts),
-                              _mean_pooled(teacher_model, tokenizer, fit_texts))
-    assert row["train_mean_cosine"] == pytest.approx(float(fit.mean()), abs=2e-6)
-    assert len({row["train_mean_cosine"] for row in result["rows"][1:]}) == 4  # measured per model
-    for row in result["rows"][1:]:
-        assert row["target_params"] <= row["budget"] * teacher["target_params"] and row["train_texts"] == 64
-        assert row["command"].startswith("rankdyna compress --model $MODEL") and tiny_glue_model not in row["command"]
-    assert "| RankDyna | 0.25 |" in open(out + ".md", encoding="utf-8").read()
+    assert [row["recall_at_10"], row["mixed_recall_at_10"]] == pytest.approx(_recall(student, teacher), abs=2e-3)
+    assert 0.4 <= row["sst2_probe"] <= 1 and -1 <= row["cola_probe"] <= 1 and 0 <= row["mrpc_auc"] <= 1
+    assert "--distill-loss cosine --tinit 0" in row["command"] and row["flags"] == "--distill-loss cosine --tinit 0"
+    assert [p["step"] for p in row["curve"]] == [0, 4] and row["train_texts"] == 64
+    if row["sentence_transformers_max_diff"] is not None:  # sentence-transformers installed: it encodes as we do
+        assert row["sentence_transformers_max_diff"] < 1e-4
+    table = open(out + ".md", encoding="utf-8").read()
+    assert "| cos | RankDyna | 0.25 |" in table and "`cos` = `--distill-loss cosine --tinit 0`" in table
+    assert os.path.getsize(out + ".png") > 0
 
 
 def test_the_fit_sample_is_drawn_from_the_training_sentences_seeded(tmp_path):
@@ -97,3 +121,11 @@ def test_the_fit_sample_is_drawn_from_the_training_sentences_seeded(tmp_path):
     sample = embeddings.fit_sample(str(path), count=10)
     assert len(set(sample)) == 10 and set(sample) <= {f"sentence {i}" for i in range(50)}
     assert sample == embeddings.fit_sample(str(path), count=10) and sample != [f"sentence {i}" for i in range(10)]
+
+
+def test_a_setting_is_a_name_and_compress_flags():
+    assert embeddings.parse_setting("tok=--token-loss-weight 2 --tinit 0") == ("tok", ["--token-loss-weight", "2",
+                                                                                      "--tinit", "0"])
+    assert embeddings.parse_setting("default") == ("default", [])
+    with pytest.raises(Exception, match="plain NAME"):
+        embeddings.parse_setting("a b=--tinit 0")

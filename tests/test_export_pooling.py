@@ -17,6 +17,18 @@ from rankdyna_exporters.export import FILE_NAMES, FUSED, FUSED_ORT, PORTABLE, ex
 from rankdyna_exporters.validation import tokenised_inputs  # noqa: E402
 
 
+def describe_pooling(folder, mode, normalize, hidden_size):
+    """Write the sentence-transformers description of an encoder folder: Transformer, Pooling (, Normalize)."""
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden_size, "pooling_mode_mean_tokens": mode == "mean",
+         "pooling_mode_cls_token": mode == "cls", "pooling_mode_max_tokens": mode == "max"}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules[:3 if normalize else 2]))
+
+
 def _embedding_folder(folder, mode, normalize):
     """A tiny compact BERT encoder saved with a sentence-transformers pooling description."""
     from transformers import AutoModel
@@ -24,14 +36,7 @@ def _embedding_folder(folder, mode, normalize):
     torch.manual_seed(0)
     compact = factor_model(AutoModel.from_config(TINY_CONFIGS["bert"]()), 0.4)
     compact.save_pretrained(folder, tokenizer=tiny_tokenizer(str(folder) + "-tokenizer"))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_mean_tokens": mode == "mean", "pooling_mode_cls_token": mode == "cls",
-         "pooling_mode_max_tokens": mode == "max"}))
-    modules = [{"path": "", "type": "sentence_transformers.models.Transformer"},
-               {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    (folder / "modules.json").write_text(json.dumps(modules + [{"path": "2_Normalize", "type":
-                                                                "sentence_transformers.models.Normalize"}] * normalize))
+    describe_pooling(folder, mode, normalize, compact.config.hidden_size)
     return compact.eval()
 
 
@@ -67,3 +72,24 @@ def test_a_folder_without_pooling_exports_token_states_only(tmp_path):
     report = export(str(tmp_path / "c"), str(tmp_path / "onnx"))
     assert report["pooling"] is None
     assert list(report["variants"][PORTABLE]["max_abs_diff"]) == ["last_hidden_state"]
+
+
+def test_sentence_transformers_onnx_backend_loads_the_export(tmp_path):
+    """sentence-transformers' own ONNX backend runs our graphs (their token states, its pooling) and gives the
+    vectors of the graphs' own pooled output and of the PyTorch model."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    _embedding_folder(tmp_path / "compact", "mean", True)
+    export(str(tmp_path / "compact"), str(tmp_path / "onnx"))
+    texts = ["hello world", "a longer sentence with a few more words in it", "x"]
+    expected = sentence_transformers.SentenceTransformer(str(tmp_path / "compact"), device="cpu").encode(texts)
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(tmp_path / "onnx")(texts, padding=True, return_tensors="np")
+    for variant in (PORTABLE, FUSED):
+        loaded = sentence_transformers.SentenceTransformer(str(tmp_path / "onnx"), backend="onnx", device="cpu",
+                                                           model_kwargs={"file_name": FILE_NAMES[variant]})
+        np.testing.assert_allclose(loaded.encode(texts), expected, atol=1e-5)
+        session = runtime.create_session(str(tmp_path / "onnx" / FILE_NAMES[variant]), runtime.CPU)
+        feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
+        graph = session.run(["sentence_embedding"], feeds)[0]
+        np.testing.assert_allclose(graph, expected, atol=1e-5)

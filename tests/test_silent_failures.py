@@ -174,3 +174,21 @@ def test_a_sentence_transformers_module_we_do_not_compute_is_refused(tmp_path):
         read_pooling(str(tmp_path))
     (tmp_path / "modules.json").write_text(json.dumps(modules[:2]))
     assert read_pooling(str(tmp_path)).mode == "mean"
+
+
+def test_without_a_warm_up_the_first_step_does_not_raise_the_no_allocation_alarm():
+    from conftest import wrapped_model
+
+    model = wrapped_model(tinit=0, total_step=10)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # The first step's forward: the allocation comes after the optimizer step.
+        model(**tiny_batch(), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        model.base_model.update_and_allocate(0)
+        model(**tiny_batch())
+    forgotten = wrapped_model(tinit=0, total_step=10)
+    forgotten.train()
+    forgotten(**tiny_batch())
+    with pytest.warns(UserWarning, match="2 training forward passes and no `update_and_allocate` call"):
+        forgotten(**tiny_batch())

@@ -105,6 +105,14 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="re-estimate importance until the final phase (the method) or freeze it after warm-up")
     parser.add_argument("--rank-multiple", type=int, default=None,
                         help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
+    parser.add_argument("--eval-steps", type=int, default=None,
+                        help="score the model being trained every N optimizer steps (results.json 'curve', curve.png)")
+    distill = parser.add_argument_group("embedding distillation")
+    distill.add_argument("--distill-loss", choices=["mse", "cosine", "mse+cosine"], default="mse",
+                         help="loss on the pooled embeddings (default mse, sentence-transformers' MSELoss)")
+    distill.add_argument("--token-loss-weight", type=float, default=0.0,
+                         help="also match the teacher's last hidden states at every token, with this weight "
+                         "(default 0: off; the teacher then runs beside the student)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_compress)
 
@@ -139,6 +147,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         validation_texts=args.validation_texts,
         gguf_file=args.gguf_file,
         calibration_samples=args.calibration_samples, init_basis=args.init_basis,
+        distill_loss=args.distill_loss, token_loss_weight=args.token_loss_weight, eval_steps=args.eval_steps,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},

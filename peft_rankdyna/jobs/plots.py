@@ -72,3 +72,29 @@ def plot_history(history: Sequence[dict[str, Any]], dense_params: int, path: str
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_curve(points: Sequence[dict[str, Any]], path: str) -> str:
+    """Each dev metric over optimizer steps, one panel per metric; a second training round continues the axis."""
+    plt = pyplot()
+    metrics = [name for name in points[0] if name not in ("round", "step")]
+    offsets: dict[int, int] = {}
+    end = 0
+    for point in points:  # a round's steps start where the one before it ended
+        offset = offsets.setdefault(point["round"], end)
+        end = max(end, point["step"] + offset)
+    figure, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.2 * len(metrics) + 0.8), sharex=True, squeeze=False)
+    for axis, metric in zip(axes[:, 0], metrics):
+        for round_ in sorted(offsets):
+            chosen = [p for p in points if p["round"] == round_]
+            axis.plot([p["step"] + offsets[round_] for p in chosen], [p[metric] for p in chosen], "o-", markersize=3,
+                      label=f"round {round_ + 1}" if len(offsets) > 1 else None)
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+    if len(offsets) > 1:
+        axes[0, 0].legend()
+    axes[-1, 0].set_xlabel("optimizer step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -40,7 +40,8 @@ from ..loading import load_tokenizer, require_model_folder
 from ..targets import default_target_names
 from ..trainer import RankDynaTrainer
 from .objectives import Objective, get_objective
-from .saving import draw_history, draw_ranks, save_compact, save_finetuned, save_training_record, write_report
+from .progress import ProgressScores
+from .saving import draw_curve, draw_history, draw_ranks, save_compact, save_finetuned, save_training_record, write_report
 from .settings import CompressSettings
 
 
@@ -49,7 +50,8 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
 
     Writes ``results.json``, the compact model, its report and pictures (and, for RankDyna, the
     adapter and ``rankdyna_history.json``) into ``settings.output_dir``. ``callbacks`` are added to
-    every Trainer the job builds (after RankDyna's own).
+    every Trainer the job builds (after RankDyna's own). With ``settings.eval_steps`` the model being
+    trained is scored as it trains: ``results["curve"]`` and ``curve.png``.
     """
     start = time.perf_counter()
     set_seed(settings.seed)
@@ -59,6 +61,8 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     tokenizer = load_tokenizer(settings.model, settings.gguf_file)
     objective.prepare(tokenizer)
     model = objective.load_model(settings.finetuned_model or settings.model)
+    progress = ProgressScores(objective, settings.eval_steps) if settings.eval_steps else None
+    callbacks = (*callbacks, progress) if progress else tuple(callbacks)
     results: dict[str, Any] = {"settings": asdict(settings), "device": training_device(),
                                "model_params_before": model_parameters(model), **objective.describe()}
     if settings.budget is None:
@@ -75,6 +79,9 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
         results.update(write_report(saved, compact_dir, settings.output_dir, settings.max_seq_length))
         draw_ranks(saved, settings.output_dir)
     results["train_steps"] = trainer.state.global_step
+    if progress is not None:
+        results["curve"] = progress.points
+        draw_curve(progress.points, settings.output_dir)
     results.update(asdict(objective.score(saved)))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))

@@ -18,7 +18,7 @@ from ..accounting import matrix_table, model_report
 from ..callback import RankDynaCallback
 from ..compact import WEIGHTS_NAME
 from ..io import atomic_write_dir, atomic_write_text
-from .plots import plot_history, plot_rank_heatmap
+from .plots import plot_curve, plot_history, plot_rank_heatmap
 
 FINETUNED_DIR = "finetuned"  # where a dense run keeps its fine-tuned model
 COMPACT_DIR = "compact"
@@ -76,6 +76,11 @@ def draw(plot: Callable[..., str], *args: Any) -> None:
 def draw_history(callback: RankDynaCallback, dense_params: int, output_dir: str) -> None:
     """``history.png``: the budget, kept parameters and ranks over training."""
     draw(plot_history, callback.history, dense_params, os.path.join(output_dir, "history.png"))
+
+
+def draw_curve(points: list[dict[str, Any]], output_dir: str) -> None:
+    """``curve.png``: the dev metrics scored while training (``eval_steps``)."""
+    draw(plot_curve, points, os.path.join(output_dir, "curve.png"))
 
 
 def draw_ranks(compact: nn.Module, output_dir: str) -> None:

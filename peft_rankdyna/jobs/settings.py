@@ -10,6 +10,7 @@ from ..loading import model_location
 
 METHODS = ("rankdyna", "svd", "fwsvd", "asvd", "svdllm")
 INIT_BASES = ("svd", "whitened")
+DISTILL_LOSSES = ("mse", "cosine", "mse+cosine")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class CompressSettings:
     including where ``init_budget`` or ``orth_reg_weight`` rules a whitened start out.
     ``finetuned_model`` lets a two-round baseline skip its first round by starting from a model
     already fine-tuned on the task under the same settings (the ``finetuned/`` folder of a dense run).
+    ``distill_loss`` and ``token_loss_weight`` are the embedding-distillation objective's loss: on the
+    pooled embeddings ``"mse"`` (sentence-transformers' ``MSELoss``), ``"cosine"`` (1 − cosine) or their
+    sum, plus ``token_loss_weight`` × the mean squared difference of the last hidden states at real
+    tokens (the teacher then runs beside the student in every step). ``eval_steps`` scores the model
+    being trained every that many optimizer steps (and before the first), the curve in
+    ``results.json`` and ``curve.png``.
     """
 
     model: str
@@ -65,6 +72,9 @@ class CompressSettings:
     gguf_file: Optional[str] = None
     calibration_samples: int = 128
     init_basis: Optional[str] = None
+    distill_loss: str = "mse"
+    token_loss_weight: float = 0.0
+    eval_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
@@ -88,6 +98,20 @@ class CompressSettings:
                                          or self.rankdyna.get("orth_reg_weight")):
             raise ValueError("init_basis='whitened' needs init_budget=None (full rank to re-factor) and no "
                              "orthogonality penalty (a whitened Vᵀ is not orthonormal).")
+        self._check_distillation()
+        if self.eval_steps is not None and (isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int)
+                                            or self.eval_steps < 1):
+            raise ValueError(f"eval_steps must be None or an int ≥ 1, got {self.eval_steps!r}.")
+
+    def _check_distillation(self) -> None:
+        """The distillation loss options: valid values, and only where they have a meaning."""
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"Unknown distill_loss {self.distill_loss!r}; choose one of {', '.join(DISTILL_LOSSES)}.")
+        if not (isinstance(self.token_loss_weight, (int, float)) and 0.0 <= self.token_loss_weight < float("inf")):
+            raise ValueError(f"token_loss_weight must be a finite number ≥ 0, got {self.token_loss_weight!r}.")
+        if self.objective != "embedding-distillation" and (self.distill_loss != "mse" or self.token_loss_weight):
+            raise ValueError("distill_loss and token_loss_weight are the embedding-distillation objective's loss; "
+                             f"the {self.objective} objective has its own.")
 
     def _keeps_svd_basis(self) -> bool:
         """RankDyna settings a whitened start cannot serve: a truncated start or an orthogonality penalty."""

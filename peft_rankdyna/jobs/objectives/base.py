@@ -77,6 +77,10 @@ class Objective(ABC):
         """What the Trainer trains: a module whose output has the loss (default: ``model`` itself)."""
         return model
 
+    def scored_model(self, training_model: nn.Module) -> nn.Module:
+        """The model :meth:`score` takes, inside what :meth:`training_model` made of it (default: itself)."""
+        return training_model
+
     @abstractmethod
     def score(self, model: nn.Module) -> Scores:
         """The dev metrics of ``model`` (as saved) and whether it collapsed."""

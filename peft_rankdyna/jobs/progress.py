@@ -1,0 +1,43 @@
+"""Scores while training: the objective's dev metrics every few optimizer steps, the curve of a run.
+
+Without it a run is judged at its end only; with ``eval_steps`` the curve shows whether the model
+was still improving (under-training) or had stopped (too little capacity), and, for RankDyna, what
+each fall of the ranks cost and how much of it training won back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from .objectives import Objective
+
+
+class ProgressScores(TrainerCallback):
+    """Score the model being trained before the first step and every ``every`` optimizer steps.
+
+    ``points`` holds one entry per scoring: the training round (0, then 1 for the second round of
+    the two-round baselines), the round's optimizer step and the objective's metrics. The model is
+    put back in training mode after each scoring.
+    """
+
+    def __init__(self, objective: Objective, every: int) -> None:
+        self.objective, self.every = objective, every
+        self.points: list[dict[str, Any]] = []
+        self.round = -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.round += 1
+        self._score(model, state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every == 0:
+            self._score(model, state.global_step)
+
+    def _score(self, training_model: Any, step: int) -> None:
+        training = training_model.training
+        scores = self.objective.score(self.objective.scored_model(training_model))
+        training_model.train(training)
+        self.points.append({"round": self.round, "step": step, **scores.metrics})
