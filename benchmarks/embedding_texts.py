@@ -3,7 +3,8 @@
     GLUE_DIR=../shared/data/glue python benchmarks/embedding_texts.py --wikitext ../shared/data/wikitext-2 --out runs/emb-texts
 
 - ``train.txt``: every training sentence of SST-2, CoLA and MRPC (both MRPC columns) and the
-  sentences of WikiText-2's ``valid.txt``, de-duplicated;
+  sentences of WikiText-2's ``valid.txt``, de-duplicated, in a seeded shuffled order (so the first
+  N, ``--max-train-samples``, are a fair sample of all four sources);
 - ``validation.txt``: :data:`VALIDATION_TEXTS` of those sentences (a seeded sample), taken out of
   the training text: what the runs are scored on while they train, and what options are chosen on;
 - ``pool.txt``: text never trained on — the dev sentences of the same three tasks and the sentences
@@ -82,6 +83,7 @@ def write_texts(glue_dir: str, wikitext_dir: str, out: str) -> dict[str, int]:
     held = set(random.Random(0).sample(range(len(train)), VALIDATION_TEXTS))
     validation = [text for i, text in enumerate(train) if i in held]
     train = [text for i, text in enumerate(train) if i not in held]
+    random.Random(1).shuffle(train)
     os.makedirs(out, exist_ok=True)
     files = {"train": train, "validation": validation, "pool": pool}
     for name, texts in files.items():

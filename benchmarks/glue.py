@@ -48,11 +48,19 @@ METHOD_FLAGS = {
     "rankdyna_old": ["--method", "rankdyna", *OLD_DEFAULTS],
     "per_matrix_old": ["--method", "rankdyna", "--allocation", "per_matrix", *OLD_DEFAULTS],
     "frozen_old": ["--method", "rankdyna", "--importance-updates", "frozen", *OLD_DEFAULTS],
+    # Issue #21 §5: what of the two-round pipeline one round can borrow (each against the same-length default).
+    "rankdyna_long_warmup": ["--method", "rankdyna", "--tinit", "0.3"],
+    "rankdyna_long_final": ["--method", "rankdyna", "--tfinal", "0.4"],
+    "rankdyna_lr_restart": ["--method", "rankdyna", "--final-lr-restart"],
+    "rankdyna_self_distill": ["--method", "rankdyna", "--self-distill-weight", "1"],
 }
 METHOD_LABELS = {"dense": "dense fine-tuning", "svd": "SVD + FT", "fwsvd": "FWSVD + FT", "rankdyna": "RankDyna",
                  "rankdyna_old": "RankDyna, old defaults",
                  "per_matrix_old": "RankDyna, old defaults, per-matrix allocation",
-                 "frozen_old": "RankDyna, old defaults, frozen importance"}
+                 "frozen_old": "RankDyna, old defaults, frozen importance",
+                 "rankdyna_long_warmup": "RankDyna, warm-up 0.3", "rankdyna_long_final": "RankDyna, final phase 0.4",
+                 "rankdyna_lr_restart": "RankDyna, LR restart at the final phase",
+                 "rankdyna_self_distill": "RankDyna, self-distillation (weight 1)"}
 # What the grid runs unless --methods says otherwise (the ablations ran with the old defaults).
 DEFAULT_METHODS = ["dense", "svd", "fwsvd", "rankdyna", "rankdyna_old"]
 TWO_ROUND_METHODS = ("svd", "fwsvd")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import inspect
+import math
 import os
 import shutil
 import tempfile
 from typing import Any, Optional
 
+import torch
 import transformers
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .callback import RankDynaCallback
+from .callback import RankDynaCallback, require_rankdyna_model
 from .io import replace_dir
+from .phases import output_distance, restarted_linear_schedule
 
 _STAGING_PREFIX = ".staging-"
 # What the staging redirect relies on in transformers' (private) checkpoint code; transformers has no
@@ -53,15 +57,60 @@ class RankDynaTrainer(Trainer):
       only once complete: a run killed at any point leaves only complete checkpoints, and
       ``train(resume_from_checkpoint=True)`` resumes from the last of them.
 
+    - Optionally (:mod:`peft_rankdyna.phases`) restarts the learning-rate schedule when the final
+      phase begins, and distils the model from its own frozen state at the end of the warm-up.
+
     Args:
         rankdyna_callback: The callback to use (default: a new ``RankDynaCallback()``).
+        final_lr_restart: Warm the learning rate up and decay it to zero again over the final phase
+            (the first decay then ends where the final phase begins); a linear schedule only.
+        self_distill_weight: Weight of the distance between the model's outputs and those of a frozen
+            copy of it taken at the end of the warm-up, added to the loss from then on (0: off).
         *args, **kwargs: As for ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, rankdyna_callback: Optional[RankDynaCallback] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rankdyna_callback: Optional[RankDynaCallback] = None,
+                 final_lr_restart: bool = False, self_distill_weight: float = 0.0, **kwargs: Any) -> None:
         check_trainer_internals(Trainer)
+        if not (math.isfinite(self_distill_weight) and self_distill_weight >= 0):
+            raise ValueError(f"`self_distill_weight` must be a finite number ≥ 0, got {self_distill_weight!r}.")
         super().__init__(*args, **kwargs)
+        if final_lr_restart and self.args.lr_scheduler_type != "linear":
+            raise ValueError(f"`final_lr_restart` restarts a linear schedule, not {self.args.lr_scheduler_type!r}.")
         self.rankdyna_callback = RankDynaCallback.attach(self, rankdyna_callback)
+        self.final_lr_restart, self.self_distill_weight = final_lr_restart, self_distill_weight
+        self._self_teacher: Optional[torch.nn.Module] = None
+
+    def _schedule(self, total: int) -> Any:
+        return require_rankdyna_model(self.model).rankdyna_config.schedule(total)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if not self.final_lr_restart:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            schedule = self._schedule(num_training_steps)
+            factor = restarted_linear_schedule(num_training_steps, schedule.total_step - schedule.tfinal,
+                                               self.args.warmup_ratio)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        teacher = self._teacher_now() if self.self_distill_weight and model.training else None
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(**inputs)
+            loss = loss + self.self_distill_weight * output_distance(outputs, target, inputs.get("attention_mask"))
+        return (loss, outputs) if return_outputs else loss
+
+    def _teacher_now(self) -> Optional[torch.nn.Module]:
+        """The frozen copy of ``model`` taken when the warm-up ended (taken now if it just did)."""
+        if self._self_teacher is None and self.state.global_step >= self._schedule(self.state.max_steps).tinit:
+            # A copy of the unwrapped model (``model`` may be a DDP wrapper). Not checkpointed: a run resumed
+            # after the warm-up takes its copy again, from the resumed model.
+            self._self_teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return self._self_teacher
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = self._get_output_dir(trial=trial)

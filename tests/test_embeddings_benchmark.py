@@ -44,6 +44,9 @@ def test_the_training_text_holds_no_pool_or_validation_sentence(tmp_path, glue_d
     assert not keys["train"] & keys["pool"] and not keys["train"] & keys["validation"]
     assert "the town's mayor didn't like the plan at all." in keys["pool"]  # in both wiki files: pool only
     assert "the river is 1,200 km long." in keys["train"] | keys["validation"]
+    first = files["train"][: len(files["train"]) // 10]  # shuffled: the sources are mixed from the first lines on
+    sst2_share = sum(text.lower() == text for text in first) / len(first)  # SST-2 is lower-cased; CoLA/MRPC are not
+    assert 0.3 < sst2_share < 0.95
     with open(os.path.join(glue_dir, "CoLA", "dev.tsv"), encoding="utf-8") as handle:
         cola_dev = [row[3] for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
     assert {embedding_texts.key(text) for text in cola_dev} <= keys["pool"]

@@ -105,6 +105,12 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="re-estimate importance until the final phase (the method) or freeze it after warm-up")
     parser.add_argument("--rank-multiple", type=int, default=None,
                         help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
+    parser.add_argument("--final-lr-restart", action="store_true",
+                        help="RankDyna: warm the learning rate up and decay it again over the final phase, as a "
+                        "second round would")
+    parser.add_argument("--self-distill-weight", type=float, default=0.0,
+                        help="RankDyna: distil from the model's own frozen state at the end of the warm-up, with "
+                        "this weight (default 0: off)")
     parser.add_argument("--eval-steps", type=int, default=None,
                         help="score the model being trained every N optimizer steps (results.json 'curve', curve.png)")
     distill = parser.add_argument_group("embedding distillation")
@@ -148,6 +154,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         gguf_file=args.gguf_file,
         calibration_samples=args.calibration_samples, init_basis=args.init_basis,
         distill_loss=args.distill_loss, token_loss_weight=args.token_loss_weight, eval_steps=args.eval_steps,
+        final_lr_restart=args.final_lr_restart, self_distill_weight=args.self_distill_weight,
         rankdyna={"tinit": args.tinit, "tfinal": args.tfinal, "deltaT": args.delta_t, "init_budget": args.init_budget,
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},

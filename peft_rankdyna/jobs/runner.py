@@ -98,7 +98,9 @@ def train_rankdyna(objective: Objective, model: nn.Module, config: RankDynaConfi
     model = get_peft_model(model, config)
     if whitening is not None:
         model.base_model.rebase_factors(whitening)
-    trainer = train(objective, model, callbacks, RankDynaTrainer)
+    settings = objective.settings
+    trainer = train(objective, model, callbacks, RankDynaTrainer, final_lr_restart=settings.final_lr_restart,
+                    self_distill_weight=settings.self_distill_weight)
     save_training_record(model, trainer.rankdyna_callback, output_dir)
     draw_history(trainer.rankdyna_callback, model.base_model.dense_params(), output_dir)
     if config.rank_multiple:
@@ -138,11 +140,12 @@ def calibration_batches(settings: CompressSettings) -> int:
 
 
 def train(objective: Objective, model: nn.Module, callbacks: Sequence[TrainerCallback] = (),
-          trainer_cls: type = Trainer, run: bool = True) -> Trainer:
-    """A Trainer of ``trainer_cls`` on the objective's data and ``model`` (trained unless ``run`` is False)."""
+          trainer_cls: type = Trainer, run: bool = True, **trainer_options: Any) -> Trainer:
+    """A Trainer of ``trainer_cls`` (with ``trainer_options``) on the objective's data and ``model`` (trained
+    unless ``run`` is False)."""
     trainer = trainer_cls(model=objective.training_model(model), args=training_arguments(objective.settings),
                           train_dataset=objective.train_dataset, data_collator=objective.collator,
-                          callbacks=list(callbacks))
+                          callbacks=list(callbacks), **trainer_options)
     if run:
         trainer.train()
     return trainer

@@ -75,6 +75,8 @@ class CompressSettings:
     distill_loss: str = "mse"
     token_loss_weight: float = 0.0
     eval_steps: Optional[int] = None
+    final_lr_restart: bool = False
+    self_distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
@@ -99,6 +101,9 @@ class CompressSettings:
             raise ValueError("init_basis='whitened' needs init_budget=None (full rank to re-factor) and no "
                              "orthogonality penalty (a whitened Vᵀ is not orthonormal).")
         self._check_distillation()
+        if (self.final_lr_restart or self.self_distill_weight) and (self.method != "rankdyna" or self.budget is None):
+            raise ValueError("final_lr_restart and self_distill_weight shape one RankDyna round; use them with "
+                             "method 'rankdyna' and a budget.")
         if self.eval_steps is not None and (isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int)
                                             or self.eval_steps < 1):
             raise ValueError(f"eval_steps must be None or an int ≥ 1, got {self.eval_steps!r}.")
