@@ -80,6 +80,7 @@ class Evaluation:
 
 
 def read_lines(path: str) -> list[str]:
+    """The non-empty lines of a text file."""
     with open(path, encoding="utf-8") as handle:
         return [line for line in handle.read().splitlines() if line.strip()]
 
@@ -156,8 +157,17 @@ def run_and_score(args: argparse.Namespace, setting: tuple[str, list[str]], meth
 
     command = distill_command(args, setting, method, budget)
     output = command[command.index("--output") + 1]
-    if not os.path.isfile(os.path.join(output, "results.json")):
+    recorded = os.path.join(output, "benchmark_command.json")  # what made the folder's results
+    if os.path.isfile(os.path.join(output, "results.json")):
+        with open(recorded, encoding="utf-8") as handle:
+            if json.load(handle) != command:
+                raise SystemExit(f"{output} holds the results of another command (see {recorded}); remove it or "
+                                 "use another --work-dir.")
+    else:
         print(f"running {setting[0]} {method} {budget:g} ...", flush=True)
+        os.makedirs(output, exist_ok=True)
+        with open(recorded, "w", encoding="utf-8") as handle:
+            json.dump(command, handle)
         subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
     with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
@@ -186,6 +196,7 @@ def encoder(model: torch.nn.Module, folder: str, max_length: int) -> Any:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (unless done) and score every model of every setting, and the teacher; the result ``main`` writes."""
     from transformers import AutoModel
 
     from peft_rankdyna.accounting import model_report
@@ -207,6 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The result as a Markdown table with the settings and commands."""
     lines = ["# Sentence embeddings: compressed students against their dense teacher", "",
              f"Scored on {result['pool_texts']:,} pool sentences never trained on (recall@10 over the whole pool), "
              "MRPC dev pairs, and linear probes trained on the frozen embeddings of "
@@ -253,6 +265,7 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
 
 
 def run_spec(text: str) -> tuple[str, float]:
+    """``METHOD:BUDGET`` → (method, budget)."""
     method, _, budget = text.partition(":")
     if method not in LABELS:
         raise argparse.ArgumentTypeError(f"a run is METHOD:BUDGET with METHOD one of {', '.join(LABELS)}")
@@ -260,6 +273,7 @@ def run_spec(text: str) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, measure, write OUT.json, OUT.md and OUT.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a sentence-transformers model folder (all-MiniLM-L6-v2)")
     parser.add_argument("--texts", required=True, help="folder written by benchmarks/embedding_texts.py")

@@ -22,6 +22,7 @@ Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import torch
 
 from embeddings import encoder, evaluation, score  # the measures of the training benchmark, written once
 
+
 def teacher_graphs(teacher: str, work_dir: str) -> dict[str, str]:
     """The teacher's fp32 (ort-optimized) and int8 graphs, pooled, in ``work_dir/teacher`` (made once)."""
     from rankdyna_exporters.bench import ONNX_DENSE_INT8, ONNX_DENSE_ORT, dense_variants
@@ -44,7 +46,8 @@ def teacher_graphs(teacher: str, work_dir: str) -> dict[str, str]:
 
     from peft_rankdyna.pooling import read_pooling
 
-    folder = os.path.join(work_dir, "teacher")
+    key = hashlib.sha1(os.path.abspath(teacher).encode()).hexdigest()[:12]  # one cache per teacher folder
+    folder = os.path.join(work_dir, f"teacher-{key}")
     graphs = {"fp32": os.path.join(folder, "model_ort.onnx"), "int8": os.path.join(folder, "model_int8.onnx")}
     if not all(os.path.isfile(path) for path in graphs.values()):
         found = {v.name: v.path for v in dense_variants(teacher, "AutoModel", 0, work_dir)}
@@ -76,13 +79,9 @@ def onnx_encoder(path: str, tokenizer: Any, threads: int, max_length: int
     names = [i.name for i in session.get_inputs()]
 
     def encode(texts: list[str]) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(texts), 64):
-            batch = tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="np")
-            feeds = {name: batch[name].astype(np.int64) for name in names}
-            chunks.append(torch.from_numpy(session.run(["sentence_embedding"], feeds)[0]))
-        return torch.cat(chunks).float()
+        found = [session.run(["sentence_embedding"], feed)[0] for feed in batches(tokenizer, texts, 64, names,
+                                                                                   max_length)]
+        return torch.from_numpy(np.concatenate(found)).float()
 
     return session, encode
 
@@ -118,6 +117,7 @@ def throughput(sessions: dict[str, Any], tokenizer: Any, texts: list[str], batch
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Score and time every graph; the result ``main`` writes."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
@@ -161,6 +161,7 @@ def mean_tokens(tokenizer: Any, texts: list[str], max_length: int) -> float:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The result as a Markdown table with its command."""
     rows = {row["graph"]: row for row in result["rows"]}
     sizes = result["batch_sizes"]
     lines = ["# Deployed sentence-embedding graphs on the CPU", "",
@@ -202,6 +203,7 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 
 def student_spec(text: str) -> tuple[str, str]:
+    """``NAME=EXPORT_DIR`` → (name, folder)."""
     name, _, folder = text.partition("=")
     if not name or not folder:
         raise argparse.ArgumentTypeError(f"a student is NAME=EXPORT_DIR, got {text!r}")
@@ -209,6 +211,7 @@ def student_spec(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, measure, write OUT.json, OUT.md and OUT.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="the teacher's sentence-transformers folder")
     parser.add_argument("--students", type=student_spec, nargs="+", required=True,

@@ -20,20 +20,19 @@ import torch
 import torch.nn.functional as F
 
 
-def restarted_linear_schedule(total: int, restart: int, warmup_ratio: float) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warm-up then linear decay to 0 over ``[0, restart)``, and
-    again over ``[restart, total)``; each warm-up is ``warmup_ratio`` of its segment (at least one step)."""
+def restarted_linear_schedule(total: int, restart: int, warmups: tuple[int, int]) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up over ``warmups[0]`` steps then linear decay to 0 over
+    ``[0, restart)``, and the same over ``[restart, total)`` with ``warmups[1]`` warm-up steps (0: none)."""
     if not 0 < restart < total:
         raise ValueError(f"The restart step must lie inside the run: 0 < {restart} < {total}.")
 
-    def segment(step: int, start: int, end: int) -> float:
-        length, position = end - start, step - start
-        warmup = max(1, int(round(warmup_ratio * length)))
-        if position < warmup:
-            return position / warmup
+    def segment(step: int, start: int, end: int, warmup: int) -> float:
+        if step - start < warmup:
+            return (step - start) / warmup
         return max(0.0, (end - step) / max(1, end - start - warmup))
 
-    return lambda step: segment(step, 0, restart) if step < restart else segment(step, restart, total)
+    return lambda step: (segment(step, 0, restart, warmups[0]) if step < restart
+                         else segment(step, restart, total, warmups[1]))
 
 
 def output_distance(student: Any, teacher: Any, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -75,22 +76,24 @@ class RankDynaTrainer(Trainer):
         if not (math.isfinite(self_distill_weight) and self_distill_weight >= 0):
             raise ValueError(f"`self_distill_weight` must be a finite number ≥ 0, got {self_distill_weight!r}.")
         super().__init__(*args, **kwargs)
-        if final_lr_restart and self.args.lr_scheduler_type != "linear":
-            raise ValueError(f"`final_lr_restart` restarts a linear schedule, not {self.args.lr_scheduler_type!r}.")
+        if final_lr_restart and (self.args.lr_scheduler_type != "linear" or self.lr_scheduler is not None):
+            raise ValueError("`final_lr_restart` restarts the Trainer's own linear schedule, not "
+                             f"{'a scheduler passed in' if self.lr_scheduler is not None else self.args.lr_scheduler_type}.")
         self.rankdyna_callback = RankDynaCallback.attach(self, rankdyna_callback)
         self.final_lr_restart, self.self_distill_weight = final_lr_restart, self_distill_weight
         self._self_teacher: Optional[torch.nn.Module] = None
 
     def _schedule(self, total: int) -> Any:
+        """The RankDyna model's budget schedule over ``total`` steps (``peft_rankdyna.budget.Schedule``)."""
         return require_rankdyna_model(self.model).rankdyna_config.schedule(total)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if not self.final_lr_restart:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
-            schedule = self._schedule(num_training_steps)
-            factor = restarted_linear_schedule(num_training_steps, schedule.total_step - schedule.tfinal,
-                                               self.args.warmup_ratio)
+            restart = self._schedule(num_training_steps).final_start
+            warmups = (self.args.get_warmup_steps(restart), self.args.get_warmup_steps(num_training_steps - restart))
+            factor = restarted_linear_schedule(num_training_steps, restart, warmups)
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -99,16 +102,26 @@ class RankDynaTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         teacher = self._teacher_now() if self.self_distill_weight and model.training else None
         if teacher is not None:
-            with torch.no_grad():
-                target = teacher(**inputs)
-            loss = loss + self.self_distill_weight * output_distance(outputs, target, inputs.get("attention_mask"))
+            with torch.no_grad():  # the copy's outputs only: no loss of its own, no distillation target
+                target = teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "teacher")})
+            distance = output_distance(outputs, target, inputs.get("attention_mask"))
+            if self.model_accepts_loss_kwargs and kwargs.get("num_items_in_batch") is not None:
+                # The model's loss is already divided across accumulated micro-batches; this mean is not.
+                distance = distance / self.current_gradient_accumulation_steps
+            loss = loss + self.self_distill_weight * distance
         return (loss, outputs) if return_outputs else loss
 
     def _teacher_now(self) -> Optional[torch.nn.Module]:
-        """The frozen copy of ``model`` taken when the warm-up ended (taken now if it just did)."""
-        if self._self_teacher is None and self.state.global_step >= self._schedule(self.state.max_steps).tinit:
-            # A copy of the unwrapped model (``model`` may be a DDP wrapper). Not checkpointed: a run resumed
-            # after the warm-up takes its copy again, from the resumed model.
+        """The frozen copy of the model taken when the warm-up ended (taken now if it just did)."""
+        if self._self_teacher is not None:
+            return self._self_teacher
+        tinit = self._schedule(self.state.max_steps).tinit
+        if self.state.global_step >= tinit:
+            if self.state.global_step == 0 or self.state.global_step > tinit:
+                warnings.warn(f"RankDynaTrainer: the self-distillation copy is taken at step {self.state.global_step}"
+                              + (" (no warm-up: before any training)" if self.state.global_step == 0 else
+                                 f", not at the warm-up's end (step {tinit}): a resumed run"), stacklevel=2)
+            # A copy of the unwrapped model (``model`` may be a DDP wrapper); not checkpointed.
             self._self_teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         return self._self_teacher
 

@@ -215,7 +215,15 @@ def test_the_token_loss_is_added_to_the_embedding_loss(tiny_encoder):
                    for q in teacher.parameters())  # the teacher is not trained
 
 
-def test_a_run_scored_while_it_trains_has_its_curve(tmp_path):
+def test_a_run_scored_while_it_trains_has_its_curve(tmp_path, monkeypatch):
+    from peft_rankdyna.jobs.objectives import embedding_distillation
+
+    losses = []
+    for name in ("embedding_loss", "token_loss"):  # record which losses training computes
+        original = getattr(embedding_distillation, name)
+        monkeypatch.setattr(embedding_distillation, name,
+                            lambda *a, _f=original, _n=name, **k: losses.append((_n, a[-1] if _n == "embedding_loss"
+                                                                                  else None)) or _f(*a, **k))
     tiny_encoder = save_tiny_encoder(tmp_path / "encoder", initializer_range=0.2)
     _sentence_transformers_folder(tiny_encoder, "mean", True)
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS * 2))
@@ -228,6 +236,7 @@ def test_a_run_scored_while_it_trains_has_its_curve(tmp_path):
                  "--token-loss-weight", "1", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["distill_loss"], results["token_loss_weight"]) == ("mse+cosine", 1.0)
+    assert set(losses) == {("embedding_loss", "mse+cosine"), ("token_loss", None)}  # both reached the training
     assert [(p["round"], p["step"]) for p in results["curve"]] == [(0, 0), (0, 4), (0, 8)]
     assert results["curve"][0]["mean_cosine"] == pytest.approx(1.0, abs=1e-5)  # full rank before the first step
     last = results["curve"][-1]  # the model at the last step, before the merge: the one saved

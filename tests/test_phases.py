@@ -12,13 +12,15 @@ from peft_rankdyna.phases import output_distance, restarted_linear_schedule
 
 
 def test_the_restarted_schedule_warms_up_and_decays_twice():
-    factor = restarted_linear_schedule(total=100, restart=60, warmup_ratio=0.1)
+    factor = restarted_linear_schedule(total=100, restart=60, warmups=(6, 4))
     values = [factor(step) for step in range(100)]
     assert values[0] == 0 and values[6] == pytest.approx(1.0) and values[59] == pytest.approx(1 / 54)
     assert values[60] == 0 and values[64] == pytest.approx(1.0) and values[99] == pytest.approx(1 / 36)
     assert all(a <= b for a, b in zip(values[60:64], values[61:65]))  # rising again after the restart
+    no_warmup = restarted_linear_schedule(100, 60, (0, 0))
+    assert (no_warmup(0), no_warmup(60), no_warmup(80)) == (1.0, 1.0, 0.5)
     with pytest.raises(ValueError, match="inside the run"):
-        restarted_linear_schedule(100, 100, 0.1)
+        restarted_linear_schedule(100, 100, (6, 4))
 
 
 def test_output_distance_per_kind_of_output():
@@ -74,7 +76,7 @@ def test_the_trainer_restarts_the_learning_rate_at_the_final_phase(tmp_path):
     assert restarted.rates[final_start] == 0.0 and restarted.rates[final_start - 1] > 0
     assert max(restarted.rates[final_start:]) == pytest.approx(1e-3)  # warmed up to the peak again
     cosine = TrainingArguments(output_dir=str(tmp_path / "c"), lr_scheduler_type="cosine", report_to=[], use_cpu=True)
-    with pytest.raises(ValueError, match="restarts a linear schedule"):
+    with pytest.raises(ValueError, match="restarts the Trainer's own linear schedule"):
         RankDynaTrainer(model=wrapped_model(), final_lr_restart=True, args=cosine)
 
 
@@ -104,12 +106,21 @@ def test_self_distillation_learns_from_the_model_as_the_warm_up_left_it(tmp_path
                         args=TrainingArguments(output_dir=str(tmp_path / "x"), report_to=[], use_cpu=True))
 
 
-def test_the_options_reach_the_trainer_from_the_command_line(tmp_path, tiny_glue_model, glue_dir):
+def test_the_options_reach_the_trainer_from_the_command_line(tmp_path, tiny_glue_model, glue_dir, monkeypatch):
     import json
 
+    from peft_rankdyna.jobs import runner
     from peft_rankdyna.jobs.cli import main
     from peft_rankdyna.jobs.settings import CompressSettings
 
+    built = []
+
+    class Recorded(RankDynaTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(runner, "RankDynaTrainer", Recorded)
     out = tmp_path / "run"
     assert main(["compress", "--model", tiny_glue_model, "--task", "mrpc", "--glue-dir", glue_dir, "--output", str(out),
                  "--max-train-samples", "64", "--max-eval-samples", "32", "--max-steps", "12", "--max-seq-length", "32",
@@ -119,6 +130,9 @@ def test_the_options_reach_the_trainer_from_the_command_line(tmp_path, tiny_glue
     assert results["settings"]["final_lr_restart"] and results["settings"]["self_distill_weight"] == 0.5
     assert [(p["round"], p["step"]) for p in results["curve"]] == [(0, 0), (0, 6), (0, 12)]
     assert "accuracy" in results["curve"][-1]
+    (trainer,) = built
+    assert trainer.final_lr_restart and trainer.self_distill_weight == 0.5 and trainer._self_teacher is not None
+    assert trainer.lr_scheduler.lr_lambdas[0](12 - 4) == 0.0  # the restart, where the final phase begins
     with pytest.raises(ValueError, match="shape one RankDyna round"):
         CompressSettings(model=tiny_glue_model, task="mrpc", output_dir=str(tmp_path / "o"), method="fwsvd",
                          final_lr_restart=True)

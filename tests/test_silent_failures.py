@@ -192,3 +192,20 @@ def test_without_a_warm_up_the_first_step_does_not_raise_the_no_allocation_alarm
     forgotten(**tiny_batch())
     with pytest.warns(UserWarning, match="2 training forward passes and no `update_and_allocate` call"):
         forgotten(**tiny_batch())
+
+
+def test_scoring_while_training_does_not_change_the_training(tmp_path, tiny_glue_model, glue_dir):
+    """The curve's scoring draws no random numbers from the run's stream (a DataLoader would): same model with
+    and without ``eval_steps``."""
+    def run(name, **options):
+        settings = CompressSettings(model=tiny_glue_model, task="mrpc", glue_dir=glue_dir, output_dir=str(tmp_path / name),
+                                    max_train_samples=64, max_eval_samples=32, max_steps=8, max_seq_length=32,
+                                    rankdyna={"tinit": 2, "tfinal": 2, "deltaT": 2}, show_progress=False, **options)
+        return compress(settings)
+
+    plain, scored = run("plain"), run("scored", eval_steps=3)
+    assert [p["step"] for p in scored["curve"]] == [0, 3, 6, 8]  # and after the last step
+    assert scored["metrics"] == plain["metrics"] and scored["target_params_after"] == plain["target_params_after"]
+    weights = [load_file(str(tmp_path / name / "compact" / "model.rankdyna.safetensors")) for name in ("plain", "scored")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0)

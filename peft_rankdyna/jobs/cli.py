@@ -105,6 +105,14 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="re-estimate importance until the final phase (the method) or freeze it after warm-up")
     parser.add_argument("--rank-multiple", type=int, default=None,
                         help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
+    _add_round_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_compress)
+
+
+def _add_round_options(parser: argparse.ArgumentParser) -> None:
+    """The options of one training round beyond the schedule: phases borrowed from two rounds, the curve, the
+    embedding-distillation loss."""
     parser.add_argument("--final-lr-restart", action="store_true",
                         help="RankDyna: warm the learning rate up and decay it again over the final phase, as a "
                         "second round would")
@@ -119,8 +127,6 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--token-loss-weight", type=float, default=0.0,
                          help="also match the teacher's last hidden states at every token, with this weight "
                          "(default 0: off; the teacher then runs beside the student)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=_run_compress)
 
 
 def _run_compress(args: argparse.Namespace) -> None:

@@ -77,7 +77,7 @@ def plot_history(history: Sequence[dict[str, Any]], dense_params: int, path: str
 def plot_curve(points: Sequence[dict[str, Any]], path: str) -> str:
     """Each dev metric over optimizer steps, one panel per metric; a second training round continues the axis."""
     plt = pyplot()
-    metrics = [name for name in points[0] if name not in ("round", "step")]
+    metrics = [name for name in points[0] if name not in ("round", "step", "collapsed")]
     offsets: dict[int, int] = {}
     end = 0
     for point in points:  # a round's steps start where the one before it ended

@@ -7,8 +7,10 @@ each fall of the ranks cost and how much of it training won back.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
+import torch
 from transformers import TrainerCallback
 
 if TYPE_CHECKING:
@@ -16,11 +18,13 @@ if TYPE_CHECKING:
 
 
 class ProgressScores(TrainerCallback):
-    """Score the model being trained before the first step and every ``every`` optimizer steps.
+    """Score the model being trained before the first step, every ``every`` optimizer steps and after the last.
 
     ``points`` holds one entry per scoring: the training round (0, then 1 for the second round of
-    the two-round baselines), the round's optimizer step and the objective's metrics. The model is
-    put back in training mode after each scoring.
+    the two-round baselines), the round's optimizer step, the objective's metrics and whether the
+    collapse check fired (its warnings are not repeated: an untrained head "collapses" by design).
+    Scoring leaves the model in training mode and the random state as it found them, so a run
+    scored as it trains is the run that would have trained without it.
     """
 
     def __init__(self, objective: Objective, every: int) -> None:
@@ -36,8 +40,15 @@ class ProgressScores(TrainerCallback):
         if state.global_step % self.every == 0:
             self._score(model, state.global_step)
 
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.points[-1]["step"] != state.global_step:
+            self._score(model, state.global_step)
+
     def _score(self, training_model: Any, step: int) -> None:
         training = training_model.training
-        scores = self.objective.score(self.objective.scored_model(training_model))
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = self.objective.score(self.objective.scored_model(training_model))
         training_model.train(training)
-        self.points.append({"round": self.round, "step": step, **scores.metrics})
+        self.points.append({"round": self.round, "step": step, **scores.metrics,
+                            "collapsed": bool(scores.collapse.get("collapsed", False))})

@@ -101,6 +101,8 @@ class CompressSettings:
             raise ValueError("init_basis='whitened' needs init_budget=None (full rank to re-factor) and no "
                              "orthogonality penalty (a whitened Vᵀ is not orthonormal).")
         self._check_distillation()
+        if not (isinstance(self.self_distill_weight, (int, float)) and 0.0 <= self.self_distill_weight < float("inf")):
+            raise ValueError(f"self_distill_weight must be a finite number ≥ 0, got {self.self_distill_weight!r}.")
         if (self.final_lr_restart or self.self_distill_weight) and (self.method != "rankdyna" or self.budget is None):
             raise ValueError("final_lr_restart and self_distill_weight shape one RankDyna round; use them with "
                              "method 'rankdyna' and a budget.")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -146,7 +145,7 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "ms
 
 def token_loss(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of two last hidden states over the real tokens (padding left out)."""
-    mask = attention_mask.unsqueeze(-1).to(student.dtype)
+    mask = attention_mask.unsqueeze(-1).float()
     squared = (student.float() - teacher.float()).pow(2) * mask
     return squared.sum() / (mask.sum() * student.shape[-1]).clamp(min=1)
 
