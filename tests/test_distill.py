@@ -244,3 +244,14 @@ def test_a_run_scored_while_it_trains_has_its_curve(tmp_path, monkeypatch):
     assert {"recall_at_10", "mixed_recall_at_10", "p5_cosine"} <= set(results["metrics"])
     pytest.importorskip("matplotlib")
     assert (out / "curve.png").stat().st_size > 0
+
+
+def test_embeddings_come_back_in_the_order_of_the_texts(tiny_encoder):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_encoder), AutoModel.from_pretrained(tiny_encoder)
+    texts = ["a much longer sentence than all of the others in this list", "short", "a medium one here", "x y"]
+    together = embed(model, tokenizer, texts, Pooling("mean", True), batch_size=2)  # batched shortest first
+    one_by_one = torch.cat([embed(model, tokenizer, [text], Pooling("mean", True)) for text in texts])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-4)
+    assert embed(model, tokenizer, [], Pooling("mean", True)).numel() == 0

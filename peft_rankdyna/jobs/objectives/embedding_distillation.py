@@ -153,16 +153,22 @@ def token_loss(student: torch.Tensor, teacher: torch.Tensor, attention_mask: tor
 @torch.no_grad()
 def embed(model: nn.Module, tokenizer: Any, texts: list[str], pooling: Pooling, max_length: int = 128,
           batch_size: int = 64) -> torch.Tensor:
-    """Pooled embeddings of ``texts`` (fp32, on the CPU), in order."""
+    """Pooled embeddings of ``texts`` (fp32, on the CPU), in order.
+
+    The texts are batched shortest first (by characters), so a batch is padded to about its own
+    length rather than to the longest text that happens to share it; the rows come back in order.
+    """
     model.eval()
     device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(device)
+        chosen = [texts[i] for i in order[start:start + batch_size]]
+        batch = tokenizer(chosen, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
         hidden = model(**batch).last_hidden_state
         chunks.append(pool(hidden, batch["attention_mask"], pooling).float().cpu())
-    return torch.cat(chunks)
+    embeddings = torch.cat(chunks) if chunks else torch.empty(0)
+    return embeddings[torch.argsort(torch.tensor(order))] if order else embeddings
 
 
 class TeacherTargets(torch.utils.data.Dataset):
