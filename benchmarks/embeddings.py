@@ -149,10 +149,9 @@ def sentence_transformers_difference(folder: str, texts: list[str], expected: to
     return float((model.encode(texts, convert_to_tensor=True).float() - expected).abs().max())
 
 
-def run_and_score(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float,
-                  data: Evaluation, paths: dict[str, str]) -> dict[str, Any]:
-    """Run (unless done) and score one compressed model; its table row."""
-    from peft_rankdyna.compact import AutoCompactModel
+def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float,
+        paths: dict[str, str]) -> dict[str, Any]:
+    """Run one compressed model (unless its folder holds this command's results); its row of validation figures."""
     from peft_rankdyna.io import portable_command
 
     command = distill_command(args, setting, method, budget)
@@ -171,17 +170,29 @@ def run_and_score(args: argparse.Namespace, setting: tuple[str, list[str]], meth
         subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
     with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
-    folder = os.path.join(output, "compact")
-    encode = encoder(AutoCompactModel.from_pretrained(folder), folder, args.max_seq_length)
-    sample = data.pool[:ST_CHECK_TEXTS]
     return {"setting": setting[0], "flags": shlex.join(setting[1]), "method": LABELS[method], "budget": budget,
-            "command": portable_command(command, paths), **score(encode, data),
-            "sentence_transformers_max_diff": sentence_transformers_difference(folder, sample, encode(sample),
-                                                                               args.max_seq_length),
-            "validation_mean_cosine": results["metrics"]["mean_cosine"],
+            "command": portable_command(command, paths), "folder": os.path.join(output, "compact"),
+            **{f"validation_{name}": value for name, value in results["metrics"].items()},
             "target_params": results["target_params_after"], "train_texts": results["train_texts"],
             "train_steps": results["train_steps"], "wall_time_s": results["wall_time_s"],
             "curve": results.get("curve", [])}
+
+
+def without_folder(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as recorded: without the run's folder on this machine."""
+    return {key: value for key, value in row.items() if key != "folder"}
+
+
+def pool_scores(row: dict[str, Any], data: Evaluation, max_length: int) -> dict[str, Any]:
+    """A run's row with its scores on the pool, probes and pairs, and the sentence-transformers check."""
+    from peft_rankdyna.compact import AutoCompactModel
+
+    folder = row["folder"]
+    encode = encoder(AutoCompactModel.from_pretrained(folder), folder, max_length)
+    sample = data.pool[:ST_CHECK_TEXTS]
+    return {**row, **score(encode, data),
+            "sentence_transformers_max_diff": sentence_transformers_difference(folder, sample, encode(sample),
+                                                                               max_length)}
 
 
 def encoder(model: torch.nn.Module, folder: str, max_length: int) -> Any:
@@ -204,21 +215,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from peft_rankdyna.pooling import read_pooling
 
     paths = {args.model: "$MODEL", args.glue_dir: "$GLUE_DIR", args.work_dir: "$WORK_DIR", args.texts: "$TEXTS"}
+    runs = [run(args, setting, method, budget, paths) for setting in args.setting or [("default", [])]
+            for method, budget in args.runs]
+    result = {"pooling": read_pooling(args.model).to_dict(), "validation_only": args.validation_only,
+              "command": f"python benchmarks/embeddings.py {portable_command(args.argv, paths)}",
+              "environment": {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                              "threads": os.environ.get("OMP_NUM_THREADS", "unset")}}
+    if args.validation_only:
+        return {**result, "rows": [without_folder(row) for row in runs]}
     teacher = AutoModel.from_pretrained(args.model)
     encode = encoder(teacher, args.model, args.max_seq_length)
     data = evaluation(args, encode)
     rows = [{"setting": "—", "flags": "", "method": "dense (teacher)", "budget": None, "command": None,
              **score(encode, data), "target_params": model_report(teacher)["target_params"], "curve": []}]
-    for setting in args.setting or [("default", [])]:
-        rows += [run_and_score(args, setting, method, budget, data, paths) for method, budget in args.runs]
-    return {"rows": rows, "pooling": read_pooling(args.model).to_dict(), "pool_texts": len(data.pool),
-            "probe_samples": args.probe_samples, "command": f"python benchmarks/embeddings.py {portable_command(args.argv, paths)}",
-            "environment": {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                            "threads": os.environ.get("OMP_NUM_THREADS", "unset")}}
+    rows += [without_folder(pool_scores(row, data, args.max_seq_length)) for row in runs]
+    return {**result, "rows": rows, "pool_texts": len(data.pool), "probe_samples": args.probe_samples}
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The result as a Markdown table with the settings and commands."""
+    if result["validation_only"]:
+        return validation_markdown(result)
     lines = ["# Sentence embeddings: compressed students against their dense teacher", "",
              f"Scored on {result['pool_texts']:,} pool sentences never trained on (recall@10 over the whole pool), "
              "MRPC dev pairs, and linear probes trained on the frozen embeddings of "
@@ -241,8 +258,24 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(value: Optional[float]) -> str:
-    return "—" if value is None else f"{value:.4f}"
+def validation_markdown(result: dict[str, Any]) -> str:
+    """The runs' own validation figures (``--validation-only``): what options are chosen on."""
+    lines = ["# Sentence embeddings: distillation settings on the validation texts", "",
+             "Each run scored by `rankdyna compress` on `$TEXTS/validation.txt` (never trained on; not the pool). "
+             "Settings share the seed and the text; each is its own row.", "",
+             "| setting | model | budget | mean cos | p5 cos | recall@10 | mixed recall@10 | steps | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['setting']} | {row['method']} | {row['budget']:g} | {row['validation_mean_cosine']:.4f} | "
+                     f"{row['validation_p5_cosine']:.4f} | {_figure(row.get('validation_recall_at_10'), 3)} | "
+                     f"{_figure(row.get('validation_mixed_recall_at_10'), 3)} | {row['train_steps']} | "
+                     f"{row['wall_time_s']:.0f} |")
+    lines += ["", f"Command: `{result['command']}`", "", "Runs:", ""]
+    return "\n".join(lines + [f"- `{row['command']}`" for row in result["rows"]]) + "\n"
+
+
+def _figure(value: Optional[float], digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def plot_curves(result: dict[str, Any], path: str) -> None:
@@ -290,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-samples", type=int, default=None, help="distil on the first N texts only")
     parser.add_argument("--eval-steps", type=int, default=500, help="score the students every N steps (the curve)")
     parser.add_argument("--probe-samples", type=int, default=4000, help="training sentences per linear probe")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="report the runs' own validation figures and curves only (no pool, probes or teacher "
+                        "scoring): for choosing settings")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
     if not args.glue_dir:

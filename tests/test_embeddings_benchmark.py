@@ -116,6 +116,18 @@ def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_m
     table = open(out + ".md", encoding="utf-8").read()
     assert "| cos | RankDyna | 0.25 |" in table and "`cos` = `--distill-loss cosine --tinit 0`" in table
     assert os.path.getsize(out + ".png") > 0
+    arguments = ["--model", tiny_glue_model, "--texts", texts, "--glue-dir", glue_dir, "--out", out + "-validation",
+                 "--work-dir", str(tmp_path / "work"), "--max-train-samples", "64", "--epochs", "1", "--max-seq-length",
+                 str(MAX_LENGTH), "--eval-steps", "4", "--runs", "rankdyna:0.25", "--setting",
+                 "cos=--distill-loss cosine --tinit 0", "--validation-only"]
+    embeddings.main(arguments)  # the run is reused: its folder holds this command's results
+    quick = json.load(open(out + "-validation.json", encoding="utf-8"))
+    (only,) = quick["rows"]
+    results = json.load(open(tmp_path / "work" / "cos" / "rankdyna-0.25" / "results.json", encoding="utf-8"))
+    assert only["validation_mean_cosine"] == results["metrics"]["mean_cosine"] and "folder" not in only
+    assert "| cos | RankDyna | 0.25 |" in open(out + "-validation.md", encoding="utf-8").read()
+    with pytest.raises(SystemExit, match="results of another command"):  # same folder, another learning rate
+        embeddings.main([*arguments, "--lr", "1e-4"])
 
 
 def test_the_fit_sample_is_drawn_from_the_training_sentences_seeded(tmp_path):
