@@ -297,6 +297,19 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+def write_outputs(out: str, result: dict[str, Any], markdown_of: Any, draw: Any) -> None:
+    """``OUT.json`` (the result), ``OUT.md`` (``markdown_of(result)``, also printed) and ``OUT.png``
+    (``draw(result, path)``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1)
+    text = markdown_of(result)
+    with open(out + ".md", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    draw(result, out + ".png")
+    print(text)
+
+
 def run_spec(text: str) -> tuple[str, float]:
     """``METHOD:BUDGET`` → (method, budget)."""
     method, _, budget = text.partition(":")
@@ -330,15 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
     if not args.glue_dir:
         parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
-    result = measure(args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=1)
-    text = markdown(result)
-    with open(args.out + ".md", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    plot_curves(result, args.out + ".png")
-    print(text)
+    write_outputs(args.out, measure(args), markdown, plot_curves)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -36,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from embeddings import encoder, evaluation, score  # the measures of the training benchmark, written once
+from embeddings import encoder, evaluation, score, write_outputs  # the training benchmark's measures, written once
 
 
 def teacher_graphs(teacher: str, work_dir: str) -> dict[str, str]:
@@ -230,15 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
     if not args.glue_dir:
         parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
-    result = measure(args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=1)
-    text = markdown(result)
-    with open(args.out + ".md", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    plot(result, args.out + ".png")
-    print(text)
+    write_outputs(args.out, measure(args), markdown, plot)
 
 
 if __name__ == "__main__":
