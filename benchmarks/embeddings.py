@@ -297,6 +297,15 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """Parse ``argv``, keep it as ``args.argv`` (what the recorded command repeats), require the GLUE folder."""
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if not args.glue_dir:
+        parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
+    return args
+
+
 def write_outputs(out: str, result: dict[str, Any], markdown_of: Any, draw: Any) -> None:
     """``OUT.json`` (the result), ``OUT.md`` (``markdown_of(result)``, also printed) and ``OUT.png``
     (``draw(result, path)``)."""
@@ -339,10 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-only", action="store_true",
                         help="report the runs' own validation figures and curves only (no pool, probes or teacher "
                         "scoring): for choosing settings")
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
-    if not args.glue_dir:
-        parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
+    args = parse_arguments(parser, argv)
     write_outputs(args.out, measure(args), markdown, plot_curves)
 
 

@@ -28,14 +28,13 @@ import platform
 import random
 import shutil
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from embeddings import encoder, evaluation, score, write_outputs  # the training benchmark's measures, written once
+from embeddings import encoder, evaluation, parse_arguments, score, write_outputs  # measures written once
 
 
 def teacher_graphs(teacher: str, work_dir: str) -> dict[str, str]:
@@ -225,10 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: one per core)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per sentence at most")
     parser.add_argument("--probe-samples", type=int, default=4000, help="training sentences per linear probe")
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # what the recorded command repeats
-    if not args.glue_dir:
-        parser.error("--glue-dir (or GLUE_DIR) is needed: the probes and pairs come from GLUE.")
+    args = parse_arguments(parser, argv)
     write_outputs(args.out, measure(args), markdown, plot)
 
 
