@@ -213,8 +213,9 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], arg
         "fine-tuning the factors (SVD/FWSVD + FT). CPU s: the whole pipeline's process user+system time, both "
         "rounds for the two-round methods (†: round 1 is the dense run of the same setting and seed, its time "
         "added), mean over seeds; unknown where a run did not record it (such rows are not plotted). Wall s: "
-        "the pipeline's wall time, both rounds, mean over seeds; ‡ = shared the machine with other cells "
-        "(`--parallel`). threads: the runs' OMP_NUM_THREADS.",
+        "the pipeline's wall time, both rounds, mean over seeds; ‡ = shared the machine with other runs "
+        "(`--parallel`, or other jobs): with more processes than cores the CPU time is inflated too, so ‡ CPU "
+        "seconds are not like for like with the others. threads: the runs' OMP_NUM_THREADS.",
         *(f"**Note:** {note}" for note in args.note),
         *(["**Warnings:**\n\n" + "\n".join(f"- {warning}" for warning in warnings)] if warnings else []),
         *(task_table(rows, task) for task in dict.fromkeys(row["task"] for row in rows)),
