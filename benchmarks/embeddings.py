@@ -79,21 +79,18 @@ class Evaluation:
     teacher_fit: torch.Tensor
 
 
-def read_lines(path: str) -> list[str]:
-    """The non-empty lines of a text file."""
-    with open(path, encoding="utf-8") as handle:
-        return [line for line in handle.read().splitlines() if line.strip()]
-
-
 def fit_sample(train_path: str, count: int = FIT_TEXTS) -> list[str]:
     """A seeded sample of the distillation's own training sentences."""
-    texts = read_lines(train_path)
+    from peft_rankdyna.jobs.data.files import read_texts
+
+    texts = read_texts(train_path)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:count]
     return [texts[i] for i in sorted(order.tolist())]
 
 
 def evaluation(args: argparse.Namespace, encode: Any) -> Evaluation:
     """The pool, MRPC dev pairs, probe data and fit sample; ``encode(texts)`` gives the teacher's embeddings."""
+    from peft_rankdyna.jobs.data.files import read_texts
     from peft_rankdyna.jobs.data.glue import get_task, load_glue
 
     def split(task: str, name: str, limit: Optional[int] = None) -> tuple[list[str], list[int]]:
@@ -101,7 +98,7 @@ def evaluation(args: argparse.Namespace, encode: Any) -> Evaluation:
         return data.texts[0][:limit], [int(label) for label in data.labels[:limit]]
 
     mrpc = load_glue(get_task("mrpc"), "dev", args.glue_dir)
-    pool, fit = read_lines(os.path.join(args.texts, "pool.txt")), fit_sample(os.path.join(args.texts, "train.txt"))
+    pool, fit = read_texts(os.path.join(args.texts, "pool.txt")), fit_sample(os.path.join(args.texts, "train.txt"))
     probes = {task: (*split(task, "train", args.probe_samples), *split(task, "dev")) for task in PROBES}
     return Evaluation(pool, encode(pool), (*mrpc.texts, [int(label) for label in mrpc.labels]), probes, fit,
                       encode(fit))

@@ -22,7 +22,6 @@ Writes ``OUT.json``, ``OUT.md`` and ``OUT.png``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import random
@@ -38,19 +37,19 @@ from embeddings import encoder, evaluation, parse_arguments, score, write_output
 
 
 def teacher_graphs(teacher: str, work_dir: str) -> dict[str, str]:
-    """The teacher's fp32 (ort-optimized) and int8 graphs, pooled, in ``work_dir/teacher`` (made once)."""
+    """The teacher's fp32 (ort-optimized) and int8 graphs with its pooling appended (in ``pooled/`` of the
+    folder where ``rankdyna bench`` caches the dense graphs in ``work_dir``; made once)."""
     from rankdyna_exporters.bench import ONNX_DENSE_INT8, ONNX_DENSE_ORT, dense_variants
     from rankdyna_exporters.pooled import add_pooling
 
     from peft_rankdyna.pooling import read_pooling
 
-    key = hashlib.sha1(os.path.abspath(teacher).encode()).hexdigest()[:12]  # one cache per teacher folder
-    folder = os.path.join(work_dir, f"teacher-{key}")
-    graphs = {"fp32": os.path.join(folder, "model_ort.onnx"), "int8": os.path.join(folder, "model_int8.onnx")}
-    if not all(os.path.isfile(path) for path in graphs.values()):
-        found = {v.name: v.path for v in dense_variants(teacher, "AutoModel", 0, work_dir)}
-        os.makedirs(folder, exist_ok=True)
-        for precision, name in (("fp32", ONNX_DENSE_ORT), ("int8", ONNX_DENSE_INT8)):
+    found = {v.name: v.path for v in dense_variants(teacher, "AutoModel", 0, work_dir)}
+    graphs = {}
+    for precision, name in (("fp32", ONNX_DENSE_ORT), ("int8", ONNX_DENSE_INT8)):
+        graphs[precision] = os.path.join(os.path.dirname(found[name]), "pooled", os.path.basename(found[name]))
+        if not os.path.isfile(graphs[precision]):
+            os.makedirs(os.path.dirname(graphs[precision]), exist_ok=True)
             shutil.copyfile(found[name], graphs[precision] + ".tmp")
             add_pooling(graphs[precision] + ".tmp", read_pooling(teacher))
             os.replace(graphs[precision] + ".tmp", graphs[precision])
@@ -98,14 +97,16 @@ def batches(tokenizer: Any, texts: list[str], batch_size: int, names: list[str],
 def throughput(sessions: dict[str, Any], tokenizer: Any, texts: list[str], batch_sizes: list[int], rounds: int,
                max_length: int, seed: int = 0) -> dict[str, dict[int, list[float]]]:
     """Sentences per second of every session at every batch size, one figure per round (order reshuffled)."""
-    names = {label: [i.name for i in session.get_inputs()] for label, session in sessions.items()}
+    names = {label: tuple(i.name for i in session.get_inputs()) for label, session in sessions.items()}
+    feeds_of = {(inputs, b): batches(tokenizer, texts, b, list(inputs), max_length)  # tokenised once, not per round
+                for inputs in set(names.values()) for b in batch_sizes}
     rates: dict[str, dict[int, list[float]]] = {label: {b: [] for b in batch_sizes} for label in sessions}
     order = random.Random(seed)
     for _ in range(rounds):
         jobs = [(label, b) for label in sessions for b in batch_sizes]
         order.shuffle(jobs)
         for label, batch_size in jobs:
-            feeds = batches(tokenizer, texts, batch_size, names[label], max_length)
+            feeds = feeds_of[(names[label], batch_size)]
             sessions[label].run(["sentence_embedding"], feeds[0])  # warm-up at this batch size
             start = time.perf_counter()
             for feed in feeds:

@@ -101,8 +101,7 @@ class CompressSettings:
             raise ValueError("init_basis='whitened' needs init_budget=None (full rank to re-factor) and no "
                              "orthogonality penalty (a whitened Vᵀ is not orthonormal).")
         self._check_distillation()
-        if not (isinstance(self.self_distill_weight, (int, float)) and 0.0 <= self.self_distill_weight < float("inf")):
-            raise ValueError(f"self_distill_weight must be a finite number ≥ 0, got {self.self_distill_weight!r}.")
+        self._check_weight("self_distill_weight")
         if (self.final_lr_restart or self.self_distill_weight) and (self.method != "rankdyna" or self.budget is None):
             raise ValueError("final_lr_restart and self_distill_weight shape one RankDyna round; use them with "
                              "method 'rankdyna' and a budget.")
@@ -110,12 +109,17 @@ class CompressSettings:
                                             or self.eval_steps < 1):
             raise ValueError(f"eval_steps must be None or an int ≥ 1, got {self.eval_steps!r}.")
 
+    def _check_weight(self, name: str) -> None:
+        """A loss weight: a finite number ≥ 0 (NaN fails the comparison too)."""
+        value = getattr(self, name)
+        if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+            raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}.")
+
     def _check_distillation(self) -> None:
         """The distillation loss options: valid values, and only where they have a meaning."""
         if self.distill_loss not in DISTILL_LOSSES:
             raise ValueError(f"Unknown distill_loss {self.distill_loss!r}; choose one of {', '.join(DISTILL_LOSSES)}.")
-        if not (isinstance(self.token_loss_weight, (int, float)) and 0.0 <= self.token_loss_weight < float("inf")):
-            raise ValueError(f"token_loss_weight must be a finite number ≥ 0, got {self.token_loss_weight!r}.")
+        self._check_weight("token_loss_weight")
         if self.objective != "embedding-distillation" and (self.distill_loss != "mse" or self.token_loss_weight):
             raise ValueError("distill_loss and token_loss_weight are the embedding-distillation objective's loss; "
                              f"the {self.objective} objective has its own.")
