@@ -20,7 +20,7 @@ import json
 import os
 import statistics
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from glue import (  # the GLUE grid's records, read and labelled the same way
     METHOD_FLAGS,
@@ -272,23 +272,35 @@ def plot_cost_quality(rows: Sequence[dict[str, Any]], path: str) -> None:
     plt.close(figure)
 
 
+def require_one_device(runs: Sequence[dict[str, Any]]) -> None:
+    """Stop unless every run trained on one kind of hardware: CPU time is a cost, and a dev score comparable,
+    only on one."""
+    devices = sorted({_device(run) for run in runs})
+    if len(devices) > 1:
+        raise SystemExit(f"The runs trained on {' and '.join(devices)}; summarise each kind of hardware on its own.")
+
+
+def save_summary(out: str, text: str, payload: dict[str, Any], plot: Callable[[str], None]) -> None:
+    """``OUT.md`` (``text``), ``OUT.json`` (``payload``) and ``OUT.png`` (drawn by ``plot``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".md", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    with open(out + ".json", "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1)
+    plot(out + ".png")
+
+
 def write_summary(args: argparse.Namespace, command: str) -> str:
     """Write ``OUT.md``, ``OUT.json`` and ``OUT.png`` from the runs files; returns the Markdown."""
     warnings: list[str] = []
     runs = load_runs(args.runs, args.methods, warnings)
     if not runs:
         raise SystemExit(f"No run of {', '.join(args.methods)} in {', '.join(args.runs)}.")
-    devices = sorted({_device(run) for run in runs})
-    if len(devices) > 1:  # CPU time is the cost only on one kind of hardware
-        raise SystemExit(f"The runs trained on {' and '.join(devices)}; summarise each kind of hardware on its own.")
+    require_one_device(runs)
     rows = group_runs(runs, warnings)
     text = markdown(rows, runs, args, command, warnings)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"rows": rows, "warnings": warnings, "notes": args.note, "command": command}, handle, indent=1)
-    plot_cost_quality(rows, args.out + ".png")
+    save_summary(args.out, text, {"rows": rows, "warnings": warnings, "notes": args.note, "command": command},
+                 lambda path: plot_cost_quality(rows, path))
     return text
 
 

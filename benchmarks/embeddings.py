@@ -146,19 +146,51 @@ def sentence_transformers_difference(folder: str, texts: list[str], expected: to
     return float((model.encode(texts, convert_to_tensor=True).float() - expected).abs().max())
 
 
+def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Settings a run folder's ``results`` were made with that ``command`` resolves otherwise today, as
+    (then, now): a changed flag, and a changed default too (``rankdyna.tinit`` for RankDynaConfig's fields).
+    Where the folder lies and progress output do not count. A setting the record lacks is newer than the run:
+    the run had its declared default, so it counts as changed when today's value is another."""
+    import dataclasses
+
+    from peft_rankdyna.config import RankDynaConfig
+    from peft_rankdyna.jobs.cli import build_parser, compress_settings
+    from peft_rankdyna.jobs.settings import CompressSettings
+
+    def flat(settings: dict[str, Any]) -> dict[str, Any]:
+        nested = {f"rankdyna.{key}": value for key, value in settings.get("rankdyna", {}).items()}
+        return {**{key: value for key, value in settings.items() if key != "rankdyna"}, **nested}
+
+    declared = {f.name: f.default for f in dataclasses.fields(CompressSettings) if f.name != "rankdyna"}
+    declared.update({f"rankdyna.{f.name}": f.default for f in dataclasses.fields(RankDynaConfig)})
+    declared = json.loads(json.dumps(declared, default=str))  # as a record holds them (tuples as lists)
+    now = flat(json.loads(json.dumps(dataclasses.asdict(compress_settings(build_parser().parse_args(command[1:]))))))
+    then = flat(results["settings"])
+    return {key: (then.get(key, declared.get(key)), value) for key, value in now.items()
+            if key not in ("output_dir", "show_progress") and then.get(key, declared.get(key)) != value}
+
+
 def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float,
         paths: dict[str, str]) -> dict[str, Any]:
-    """Run one compressed model (unless its folder holds this command's results); its row of validation figures."""
+    """Run one compressed model (unless its folder holds the results of the settings this command resolves to);
+    its row of validation figures."""
     from peft_rankdyna.io import portable_command
 
     command = distill_command(args, setting, method, budget)
     output = command[command.index("--output") + 1]
     recorded = os.path.join(output, "benchmark_command.json")  # what made the folder's results
     if os.path.isfile(os.path.join(output, "results.json")):
+        with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+            changed = changed_settings(command, json.load(handle))
+        if changed:
+            raise SystemExit(f"{output} holds the results of other settings than this command's ("
+                             + "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in changed.items())
+                             + f"; the command that made it is in {recorded}); remove it or use another --work-dir.")
+        if not os.path.isfile(recorded):
+            raise SystemExit(f"{output} holds results but not the command that made them ({recorded}); remove it "
+                             "or use another --work-dir.")
         with open(recorded, encoding="utf-8") as handle:
-            if json.load(handle) != command:
-                raise SystemExit(f"{output} holds the results of another command (see {recorded}); remove it or "
-                                 "use another --work-dir.")
+            command = json.load(handle)  # the row names the command that ran (its flags: the setting's today)
     else:
         print(f"running {setting[0]} {method} {budget:g} ...", flush=True)
         os.makedirs(output, exist_ok=True)

@@ -151,8 +151,10 @@ def test_whitened_init_basis_refuses_settings_it_cannot_serve(tmp_path, override
     (dict(objective="causal-lm"), "whitened"), (dict(objective="causal-lm", method="svd"), "svd"),
     (dict(objective="causal-lm", rankdyna={"init_budget": 0.8}), "svd"), (dict(), "svd"),
     (dict(objective="causal-lm", init_basis="svd"), "svd"),
+    (dict(objective="embedding-distillation"), "whitened"),
+    (dict(objective="embedding-distillation", budget=None), "svd"),
 ])
-def test_the_default_init_basis_is_whitened_for_rankdyna_on_causal_lms_only(tmp_path, overrides, expected):
+def test_the_default_init_basis_is_whitened_for_rankdyna_on_causal_lms_and_embeddings(tmp_path, overrides, expected):
     from peft_rankdyna.jobs import CompressSettings
 
     settings = CompressSettings(**{"model": "m", "task": None, "output_dir": str(tmp_path), **overrides})

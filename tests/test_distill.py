@@ -233,9 +233,10 @@ def test_a_run_scored_while_it_trains_has_its_curve(tmp_path, monkeypatch):
                  str(tmp_path / "texts.txt"), "--validation-texts", str(tmp_path / "held.txt"), "--budget", "0.3",
                  "--output", str(out), "--max-steps", "8", "--tinit", "0", "--tfinal", "3", "--delta-t", "2",
                  "--max-seq-length", "16", "--eval-steps", "4", "--distill-loss", "mse+cosine",
-                 "--token-loss-weight", "1", "--no-progress"]) == 0
+                 "--token-loss-weight", "1", "--init-basis", "svd", "--no-progress"]) == 0  # the SVD start's path
     results = json.loads((out / "results.json").read_text())
     assert (results["distill_loss"], results["token_loss_weight"]) == ("mse+cosine", 1.0)
+    assert results["settings"]["init_basis"] == "svd"
     assert set(losses) == {("embedding_loss", "mse+cosine"), ("token_loss", None)}  # both reached the training
     assert [(p["round"], p["step"]) for p in results["curve"]] == [(0, 0), (0, 4), (0, 8)]
     assert results["curve"][0]["mean_cosine"] == pytest.approx(1.0, abs=1e-5)  # full rank before the first step

@@ -126,8 +126,28 @@ def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_m
     results = json.load(open(tmp_path / "work" / "cos" / "rankdyna-0.25" / "results.json", encoding="utf-8"))
     assert only["validation_mean_cosine"] == results["metrics"]["mean_cosine"] and "folder" not in only
     assert "| cos | RankDyna | 0.25 |" in open(out + "-validation.md", encoding="utf-8").read()
-    with pytest.raises(SystemExit, match="results of another command"):  # same folder, another learning rate
+    # Other flags that resolve to the same settings reuse the folder; the row names the command that ran.
+    same = [*arguments[:-2], "cos=--distill-loss cosine --tinit 0 --token-loss-weight 0", "--validation-only"]
+    embeddings.main(same)
+    (again,) = json.load(open(out + "-validation.json", encoding="utf-8"))["rows"]
+    assert again["validation_mean_cosine"] == only["validation_mean_cosine"]
+    assert "--token-loss-weight" not in again["command"]
+    with pytest.raises(SystemExit, match=r"learning_rate: 5e-05 then, 0.0001 now"):  # same folder, another lr
         embeddings.main([*arguments, "--lr", "1e-4"])
+    # A record from before a default changed, or before a setting existed, is not today's run either.
+    record_path = tmp_path / "work" / "cos" / "rankdyna-0.25" / "results.json"
+    record = json.loads(record_path.read_text())
+    record["settings"]["init_basis"] = "svd"
+    del record["settings"]["final_lr_restart"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"init_basis: 'svd' then, 'whitened' now"):
+        embeddings.main(arguments)
+    record["settings"]["init_basis"] = "whitened"
+    record_path.write_text(json.dumps(record))
+    embeddings.main(arguments)  # the missing setting had its default, as today's command
+    with pytest.raises(SystemExit, match=r"final_lr_restart: False then, True now"):
+        embeddings.main([*arguments[:-2], "cos=--distill-loss cosine --tinit 0 --final-lr-restart",
+                         "--validation-only"])
 
 
 def test_the_fit_sample_is_drawn_from_the_training_sentences_seeded(tmp_path):

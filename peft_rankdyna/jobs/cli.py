@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # the settings import torch-free, but the CLI loads nothing before a subcommand runs
+    from .settings import CompressSettings
 
 
 # The objectives' names, listed here so that `rankdyna --help` does not import torch (tested against the registry).
@@ -70,7 +73,8 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-basis", choices=["svd", "whitened"], default=None,
                         help="rankdyna: factors start from the SVD of each weight (svd) or of the weight times SVD-LLM's "
                         "whitening of its inputs on --calibration-samples training examples (whitened); default: "
-                        "whitened for --objective causal-lm (svd where --init-budget rules it out), svd otherwise")
+                        "whitened for --objective causal-lm and embedding-distillation (svd where --init-budget rules it "
+                        "out), svd otherwise")
     parser.add_argument("--calibration-samples", type=int, default=128,
                         help="asvd/svdllm: how many training examples (the first batches the seeded Trainer draws) "
                         "calibrate the truncation (default 128)")
@@ -132,9 +136,15 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
 def _run_compress(args: argparse.Namespace) -> None:
     from .results import format_results
     from .runner import compress
+
+    print(format_results(compress(compress_settings(args))))
+
+
+def compress_settings(args: argparse.Namespace) -> CompressSettings:
+    """The settings a parsed ``rankdyna compress`` command line runs with (its defaults resolved)."""
     from .settings import CompressSettings
 
-    settings = CompressSettings(
+    return CompressSettings(
         model=args.model,
         task=args.task,
         output_dir=args.output,
@@ -166,7 +176,6 @@ def _run_compress(args: argparse.Namespace) -> None:
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
         show_progress=not args.no_progress,
     )
-    print(format_results(compress(settings)))
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
