@@ -146,6 +146,11 @@ def sentence_transformers_difference(folder: str, texts: list[str], expected: to
     return float((model.encode(texts, convert_to_tensor=True).float() - expected).abs().max())
 
 
+# A reused folder's row names the command that made it; its setting's flags today resolve to the same settings.
+RUNS_HEADING = ("Runs (the command that made each folder, as it ran: a folder reused under another setting's flags "
+                "or a new name holds the settings those flags give today, checked field by field):")
+
+
 def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Settings a run folder's ``results`` were made with that ``command`` resolves otherwise today, as
     (then, now): a changed flag, and a changed default too (``rankdyna.tinit`` for RankDynaConfig's fields).
@@ -282,7 +287,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{row.get('train_steps', '—')} | {row['target_params']:,} |")
     settings = {row["setting"]: row["flags"] for row in result["rows"][1:]}
     lines += ["", "Settings: " + "; ".join(f"`{name}` = `{flags or '(defaults)'}`" for name, flags in settings.items()),
-              "", f"Pooling: {result['pooling']}. Command: `{result['command']}`", "", "Runs:", ""]
+              "", f"Pooling: {result['pooling']}. Command: `{result['command']}`", "", RUNS_HEADING, ""]
     lines += [f"- `{row['command']}`" for row in result["rows"] if row["command"]]
     return "\n".join(lines) + "\n"
 
@@ -299,7 +304,7 @@ def validation_markdown(result: dict[str, Any]) -> str:
                      f"{row['validation_p5_cosine']:.4f} | {_figure(row.get('validation_recall_at_10'), 3)} | "
                      f"{_figure(row.get('validation_mixed_recall_at_10'), 3)} | {row['train_steps']} | "
                      f"{row['wall_time_s']:.0f} |")
-    lines += ["", f"Command: `{result['command']}`", "", "Runs:", ""]
+    lines += ["", f"Command: `{result['command']}`", "", RUNS_HEADING, ""]
     return "\n".join(lines + [f"- `{row['command']}`" for row in result["rows"]]) + "\n"
 
 
