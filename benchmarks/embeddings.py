@@ -170,9 +170,24 @@ def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, t
     declared.update({f"rankdyna.{f.name}": f.default for f in dataclasses.fields(RankDynaConfig)})
     declared = json.loads(json.dumps(declared, default=str))  # as a record holds them (tuples as lists)
     now = flat(json.loads(json.dumps(dataclasses.asdict(compress_settings(build_parser().parse_args(command[1:]))))))
-    then = flat(results["settings"])
-    return {key: (then.get(key, declared.get(key)), value) for key, value in now.items()
-            if key not in ("output_dir", "show_progress") and then.get(key, declared.get(key)) != value}
+    then = {**declared, **flat(results["settings"])}
+    return {key: (then.get(key), value) for key, value in now.items()
+            if key not in ("output_dir", "show_progress") and then.get(key) != value}
+
+
+def recorded_command(command: list[str], results: dict[str, Any], output: str) -> list[str]:
+    """The command that made ``output``'s ``results``, once they are checked to be what ``command`` asks for today."""
+    recorded = os.path.join(output, "benchmark_command.json")
+    changed = changed_settings(command, results)
+    if changed:
+        raise SystemExit(f"{output} holds the results of other settings than this command's ("
+                         + "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in changed.items())
+                         + f"; the command that made it is in {recorded}); remove it or use another --work-dir.")
+    if not os.path.isfile(recorded):
+        raise SystemExit(f"{output} holds results but not the command that made them ({recorded}); remove it "
+                         "or use another --work-dir.")
+    with open(recorded, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, budget: float,
@@ -183,27 +198,16 @@ def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, b
 
     command = distill_command(args, setting, method, budget)
     output = command[command.index("--output") + 1]
-    recorded = os.path.join(output, "benchmark_command.json")  # what made the folder's results
-    if os.path.isfile(os.path.join(output, "results.json")):
-        with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
-            changed = changed_settings(command, json.load(handle))
-        if changed:
-            raise SystemExit(f"{output} holds the results of other settings than this command's ("
-                             + "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in changed.items())
-                             + f"; the command that made it is in {recorded}); remove it or use another --work-dir.")
-        if not os.path.isfile(recorded):
-            raise SystemExit(f"{output} holds results but not the command that made them ({recorded}); remove it "
-                             "or use another --work-dir.")
-        with open(recorded, encoding="utf-8") as handle:
-            command = json.load(handle)  # the row names the command that ran (its flags: the setting's today)
-    else:
+    results_path = os.path.join(output, "results.json")
+    if not os.path.isfile(results_path):
         print(f"running {setting[0]} {method} {budget:g} ...", flush=True)
         os.makedirs(output, exist_ok=True)
-        with open(recorded, "w", encoding="utf-8") as handle:
-            json.dump(command, handle)
+        with open(os.path.join(output, "benchmark_command.json"), "w", encoding="utf-8") as handle:
+            json.dump(command, handle)  # what made the folder's results
         subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
-    with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+    with open(results_path, encoding="utf-8") as handle:
         results = json.load(handle)
+    command = recorded_command(command, results, output)  # the row names the command that ran (flags: today's)
     return {"setting": setting[0], "flags": shlex.join(setting[1]), "method": LABELS[method], "budget": budget,
             "command": portable_command(command, paths), "folder": os.path.join(output, "compact"),
             **{f"validation_{name}": value for name, value in results["metrics"].items()},
