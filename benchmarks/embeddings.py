@@ -64,7 +64,8 @@ def distill_command(args: argparse.Namespace, setting: tuple[str, list[str]], me
             "--seed", str(args.seed), "--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}",
             "--max-seq-length", str(args.max_seq_length), "--eval-steps", str(args.eval_steps),
             "--output", os.path.join(args.work_dir, name, f"{method}-{budget:g}"), "--no-progress",
-            *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []), *flags]
+            *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []),
+            *(["--save-steps", str(args.save_steps)] if args.save_steps else []), *flags]
 
 
 @dataclass
@@ -154,11 +155,13 @@ RUNS_HEADING = ("Runs (the command that made each folder, as it ran: a folder re
 def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Settings a run folder's ``results`` were made with that ``command`` resolves otherwise today, as
     (then, now): a changed flag, and a changed default too (``rankdyna.tinit`` for RankDynaConfig's fields).
-    Where the folder lies and progress output do not count. A setting the record lacks is newer than the run:
+    Where the folder lies, progress output and checkpointing do not count. A setting the record lacks is newer than
+    the run:
     the run had its declared default, so it counts as changed when today's value is another."""
     import dataclasses
 
     from peft_rankdyna.config import RankDynaConfig
+    from peft_rankdyna.jobs.checkpoints import NOT_COMPARED
     from peft_rankdyna.jobs.cli import build_parser, compress_settings
     from peft_rankdyna.jobs.settings import CompressSettings
 
@@ -172,7 +175,7 @@ def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, t
     now = flat(json.loads(json.dumps(dataclasses.asdict(compress_settings(build_parser().parse_args(command[1:]))))))
     then = {**declared, **flat(results["settings"])}
     return {key: (then.get(key), value) for key, value in now.items()
-            if key not in ("output_dir", "show_progress") and then.get(key) != value}
+            if key not in NOT_COMPARED and then.get(key) != value}
 
 
 def recorded_command(command: list[str], results: dict[str, Any], output: str) -> list[str]:
@@ -195,16 +198,20 @@ def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, b
     """Run one compressed model (unless its folder holds the results of the settings this command resolves to);
     its row of validation figures."""
     from peft_rankdyna.io import portable_command
+    from peft_rankdyna.jobs.checkpoints import last_checkpoint
 
     command = distill_command(args, setting, method, budget)
     output = command[command.index("--output") + 1]
     results_path = os.path.join(output, "results.json")
     if not os.path.isfile(results_path):
-        print(f"running {setting[0]} {method} {budget:g} ...", flush=True)
+        checkpoint = last_checkpoint(output)  # a run killed after a checkpoint continues (compress checks its settings)
+        print(f"running {setting[0]} {method} {budget:g}"
+              + (f" from {os.path.basename(checkpoint)}" if checkpoint else "") + " ...", flush=True)
         os.makedirs(output, exist_ok=True)
         with open(os.path.join(output, "benchmark_command.json"), "w", encoding="utf-8") as handle:
             json.dump(command, handle)  # what made the folder's results
-        subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:]], check=True)
+        resume = ["--resume"] if checkpoint else []
+        subprocess.run([sys.executable, "-m", "peft_rankdyna.jobs.cli", *command[1:], *resume], check=True)
     with open(results_path, encoding="utf-8") as handle:
         results = json.load(handle)
     command = recorded_command(command, results, output)  # the row names the command that ran (flags: today's)
@@ -365,8 +372,8 @@ def run_spec(text: str) -> tuple[str, float]:
     return method, float(budget)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the arguments, measure, write OUT.json, OUT.md and OUT.png."""
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's arguments."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a sentence-transformers model folder (all-MiniLM-L6-v2)")
     parser.add_argument("--texts", required=True, help="folder written by benchmarks/embedding_texts.py")
@@ -382,11 +389,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--max-train-samples", type=int, default=None, help="distil on the first N texts only")
     parser.add_argument("--eval-steps", type=int, default=500, help="score the students every N steps (the curve)")
+    parser.add_argument("--save-steps", type=int, default=None,
+                        help="checkpoint each run every N steps; a killed run then continues from its last checkpoint")
     parser.add_argument("--probe-samples", type=int, default=4000, help="training sentences per linear probe")
     parser.add_argument("--validation-only", action="store_true",
                         help="report the runs' own validation figures and curves only (no pool, probes or teacher "
                         "scoring): for choosing settings")
-    args = parse_arguments(parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, measure, write OUT.json, OUT.md and OUT.png."""
+    args = parse_arguments(build_parser(), argv)
     write_outputs(args.out, measure(args), markdown, plot_curves)
 
 

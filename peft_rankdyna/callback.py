@@ -13,6 +13,7 @@ from .io import atomic_write_text
 from .model import RankDynaModel, find_rankdyna_model
 
 HISTORY_FILE = "rankdyna_history.json"
+HISTORY_KEY = "rankdyna_allocation"  # the history's entries in the Trainer's log history, which checkpoints save
 
 
 def require_rankdyna_model(model: nn.Module) -> RankDynaModel:
@@ -50,7 +51,8 @@ class RankDynaCallback(TrainerCallback):
     must run before theirs: use :meth:`attach`, which puts it first.
 
     The allocation history (one entry per mask refresh) is written to ``rankdyna_history.json``
-    in the output directory at every save and at the end of training.
+    in the output directory at every save and at the end of training. Its entries also go into the
+    Trainer's log history, so every checkpoint holds them and a resumed run's history is whole.
 
     Args:
         max_nonfinite_steps: Stop training (``RuntimeError`` naming the step) once this many
@@ -83,6 +85,8 @@ class RankDynaCallback(TrainerCallback):
                 "steps; leave total_step unset to take the Trainer's."
             )
         config.schedule()  # raises now, naming the conflicting numbers, if the schedule cannot run
+        if state.global_step:  # resumed: the entries so far come back from the checkpoint
+            self.history = [entry[HISTORY_KEY] for entry in state.log_history if HISTORY_KEY in entry]
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -95,15 +99,11 @@ class RankDynaCallback(TrainerCallback):
                 f"{state.global_step}; training stopped. Last good checkpoint: {self._last_checkpoint or 'none written'}."
             )
         if allocation is not None:
-            self.history.append(
-                {
-                    "step": state.global_step,
-                    "budget": self._model.last_budget,
-                    "kept_params": allocation.kept_params,
-                    "threshold": allocation.threshold,
-                    "ranks": allocation.ranks,
-                }
-            )
+            entry = {"step": state.global_step, "budget": self._model.last_budget,
+                     "kept_params": allocation.kept_params, "threshold": allocation.threshold,
+                     "ranks": allocation.ranks}
+            self.history.append(entry)
+            state.log_history.append({HISTORY_KEY: entry, "step": state.global_step})
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._model.nonfinite_streak:

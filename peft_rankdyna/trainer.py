@@ -1,4 +1,4 @@
-"""`RankDynaTrainer`: transformers' Trainer with RankDyna's callback in front and crash-safe checkpoints."""
+"""Trainers with crash-safe checkpoints: `CrashSafeTrainer`, and `RankDynaTrainer` with RankDyna's callback in front."""
 
 from __future__ import annotations
 
@@ -42,22 +42,55 @@ def check_trainer_internals(trainer_cls: type) -> None:
         reason = "its checkpoint code changed"
     if not all(call in source for call in _SAVE_CHECKPOINT_CALLS) or not {"use_mtime", "output_dir"} <= set(rotate):
         raise RuntimeError(
-            f"RankDynaTrainer's crash-safe checkpoints rely on transformers' Trainer._save_checkpoint calling "
+            "The crash-safe checkpoints of CrashSafeTrainer and RankDynaTrainer rely on transformers' "
+            f"Trainer._save_checkpoint calling "
             f"{' and '.join(_SAVE_CHECKPOINT_CALLS)}; transformers {transformers.__version__} does not ({reason}). "
             "Install transformers 4.57.x, or use transformers.Trainer with RankDynaCallback.attach(trainer) "
             "(checkpoints then are not written atomically)."
         )
 
 
-class RankDynaTrainer(Trainer):
-    """A ``Trainer`` for RankDyna models.
+class CrashSafeTrainer(Trainer):
+    """A ``Trainer`` that writes every checkpoint into a hidden staging folder and renames it to
+    ``checkpoint-N`` only once complete: a run killed at any point leaves only complete checkpoints,
+    and ``train(resume_from_checkpoint=True)`` resumes from the last of them.
+
+    Args:
+        *args, **kwargs: As for ``transformers.Trainer``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_trainer_internals(Trainer)
+        super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(run_dir, f"{_STAGING_PREFIX}*")):  # left by an earlier crash
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = tempfile.mkdtemp(dir=run_dir, prefix=_STAGING_PREFIX)
+        # Trainer writes to <output dir>/checkpoint-N: point it at the staging folder for this save.
+        self._get_output_dir = lambda trial=None: staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        if self.args.should_save:
+            replace_dir(os.path.join(staging, name), os.path.join(run_dir, name))
+            best = self.state.best_model_checkpoint
+            if best is not None and best.startswith(staging):
+                self.state.best_model_checkpoint = run_dir + best[len(staging):]
+            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class RankDynaTrainer(CrashSafeTrainer):
+    """A :class:`CrashSafeTrainer` for RankDyna models.
 
     - Registers a :class:`RankDynaCallback` as the first callback, so its statistics reach the
       progress bar, TensorBoard and every other logger.
-    - Writes every checkpoint into a hidden staging folder and renames it to ``checkpoint-N``
-      only once complete: a run killed at any point leaves only complete checkpoints, and
-      ``train(resume_from_checkpoint=True)`` resumes from the last of them.
-
+    - Checkpoints are crash-safe (:class:`CrashSafeTrainer`), and carry RankDyna's masks and scores.
     - Optionally (:mod:`peft_rankdyna.phases`) restarts the learning-rate schedule when the final
       phase begins, and distils the model from its own frozen state at the end of the warm-up.
 
@@ -72,7 +105,6 @@ class RankDynaTrainer(Trainer):
 
     def __init__(self, *args: Any, rankdyna_callback: Optional[RankDynaCallback] = None,
                  final_lr_restart: bool = False, self_distill_weight: float = 0.0, **kwargs: Any) -> None:
-        check_trainer_internals(Trainer)
         if not (math.isfinite(self_distill_weight) and self_distill_weight >= 0):
             raise ValueError(f"`self_distill_weight` must be a finite number ≥ 0, got {self_distill_weight!r}.")
         super().__init__(*args, **kwargs)
@@ -124,24 +156,3 @@ class RankDynaTrainer(Trainer):
             # A copy of the unwrapped model (``model`` may be a DDP wrapper); not checkpointed.
             self._self_teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         return self._self_teacher
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        run_dir = self._get_output_dir(trial=trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(run_dir, f"{_STAGING_PREFIX}*")):  # left by an earlier crash
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = tempfile.mkdtemp(dir=run_dir, prefix=_STAGING_PREFIX)
-        # Trainer writes to <output dir>/checkpoint-N: point it at the staging folder for this save.
-        self._get_output_dir = lambda trial=None: staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-        if self.args.should_save:
-            replace_dir(os.path.join(staging, name), os.path.join(run_dir, name))
-            best = self.state.best_model_checkpoint
-            if best is not None and best.startswith(staging):
-                self.state.best_model_checkpoint = run_dir + best[len(staging):]
-            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
-        shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly initialised encoders and the pip-installed MiniLM."""
+"""Shared fixtures: tiny randomly initialised encoders and decoders, and the pip-installed MiniLM."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pytest
 import torch
 from peft import get_peft_model
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
     DistilBertConfig,
     ElectraConfig,
+    LlamaConfig,
     MPNetConfig,
     RobertaConfig,
 )
@@ -32,6 +34,8 @@ TINY_CONFIGS = {
     "distilbert": lambda: DistilBertConfig(vocab_size=99, dim=32, n_heads=4, hidden_dim=48, n_layers=2,
                                            max_position_embeddings=64),
 }
+_TINY_DECODER = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
 
 
 def tiny_model(model_type: str = "bert", num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -182,3 +186,20 @@ def word_tokenizer(folder: Any) -> Any:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
     (folder / "vocab.txt").write_text("\n".join(vocab))
     return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+def tiny_decoder(config_cls: type = LlamaConfig, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A tiny randomly initialised causal LM (Llama unless ``config_cls`` says otherwise)."""
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config_cls(**{**_TINY_DECODER, **overrides})).eval()
+
+
+@pytest.fixture
+def tiny_lm_folder(tmp_path) -> str:
+    """A tiny Llama with MiniLM's (WordPiece) tokenizer: real text, a vocabulary the model covers."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tiny_decoder(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    return str(tmp_path / "lm")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import minilm_path
+from conftest import tiny_decoder
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
@@ -13,14 +13,7 @@ from peft_rankdyna import AutoCompactModel, RankDynaConfig
 from peft_rankdyna.jobs import CompressSettings, compress
 from peft_rankdyna.jobs.objectives.causal_lm import check_lm_collapse, perplexity, unigram_perplexity
 
-_TINY = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
 LLAMA_KINDS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-
-
-def tiny_decoder(config_cls=LlamaConfig, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config_cls(**{**_TINY, **overrides})).eval()
 
 
 @pytest.mark.parametrize("config_cls, kinds", [
@@ -134,17 +127,6 @@ def test_the_compact_causal_lm_round_trips_and_generates_with_its_cache(tmp_path
     uncached = loaded.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
     assert torch.equal(cached, uncached)
     assert torch.equal(cached, merged.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=0))
-
-
-@pytest.fixture
-def tiny_lm_folder(tmp_path):
-    """A tiny Llama with MiniLM's (WordPiece) tokenizer: real text, a vocabulary the model covers."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tiny_decoder(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "lm")
-    tokenizer.save_pretrained(tmp_path / "lm")
-    return str(tmp_path / "lm")
 
 
 @pytest.mark.parametrize("method, basis", [("rankdyna", "svd"), ("svd", "svd"), ("rankdyna", "whitened")])

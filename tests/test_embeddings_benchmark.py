@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import load_benchmark
+from transformers import TrainerCallback
 
 embeddings = load_benchmark("embeddings")
 embedding_texts = load_benchmark("embedding_texts")
@@ -77,13 +78,19 @@ def _recall(student, teacher, k=10):
             for q, d in ((student, student), (student, teacher))]
 
 
-def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_model, glue_dir):
+def _texts(tmp_path, glue_dir):
+    """The benchmark's text folder, written from real GLUE text and a tiny WikiText."""
     wiki = tmp_path / "wiki"
     wiki.mkdir()
     (wiki / "valid.txt").write_text(WIKI)
     (wiki / "test.txt").write_text(" A test sentence of five words .\n")
     texts = str(tmp_path / "texts")
     embedding_texts.write_texts(glue_dir, str(wiki), texts)
+    return texts
+
+
+def test_smoke_run_scores_every_model_and_writes_the_table(tmp_path, tiny_glue_model, glue_dir):
+    texts = _texts(tmp_path, glue_dir)
     out = str(tmp_path / "embeddings")
     embeddings.main(["--model", tiny_glue_model, "--texts", texts, "--glue-dir", glue_dir, "--out", out,
                      "--work-dir", str(tmp_path / "work"), "--max-train-samples", "64", "--epochs", "1",
@@ -164,3 +171,29 @@ def test_a_setting_is_a_name_and_compress_flags():
     assert embeddings.parse_setting("default") == ("default", [])
     with pytest.raises(Exception, match="plain NAME"):
         embeddings.parse_setting("a b=--tinit 0")
+
+
+class _KillAtStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt  # the run dies after its step-2 checkpoint
+
+
+def test_a_run_killed_after_a_checkpoint_continues_from_it(tmp_path, tiny_glue_model, glue_dir, capsys):
+    from peft_rankdyna.jobs import compress
+    from peft_rankdyna.jobs.cli import build_parser, compress_settings
+
+    arguments = ["--model", tiny_glue_model, "--texts", _texts(tmp_path, glue_dir), "--glue-dir", glue_dir,
+                 "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), "--max-train-samples", "96",
+                 "--epochs", "1", "--max-seq-length", str(MAX_LENGTH), "--eval-steps", "4", "--save-steps", "2",
+                 "--runs", "rankdyna:0.5", "--validation-only"]
+    command = embeddings.distill_command(embeddings.build_parser().parse_args(arguments), ("default", []),
+                                         "rankdyna", 0.5)
+    with pytest.raises(KeyboardInterrupt):
+        compress(compress_settings(build_parser().parse_args(command[1:])), callbacks=[_KillAtStep()])
+    capsys.readouterr()
+    embeddings.main(arguments)
+    assert "running default rankdyna 0.5 from checkpoint-2 ..." in capsys.readouterr().out
+    results = json.load(open(tmp_path / "work" / "default" / "rankdyna-0.5" / "results.json", encoding="utf-8"))
+    assert results["resumed_from_step"] == 2 and results["train_steps"] == 6
+    assert [p["step"] for p in results["curve"]] == [0, 4, 6]

@@ -7,6 +7,7 @@ from conftest import RandomTask, custom_loop, tiny_batch, wrapped_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from peft_rankdyna import RankDynaCallback
+from peft_rankdyna.callback import HISTORY_FILE
 
 
 def test_custom_loop_prunes_to_the_target_budget():
@@ -169,6 +170,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_masks(tmp_path):
     scores_b = [layer.group_scores() for layer in resumed.base_model.rankdyna_layers().values()]
     for a, b in zip(scores_a, scores_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-12)
+    histories = [json.loads((tmp_path / run / HISTORY_FILE).read_text()) for run in ("a", "b")]
+    assert histories[0] == histories[1] and histories[0][0]["step"] < 6  # the entries before the checkpoint too
 
 
 class PoisonFrom(TrainerCallback):

@@ -110,6 +110,7 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rank-multiple", type=int, default=None,
                         help="round merged ranks down to multiples of this (e.g. 8) and re-spend the rest")
     _add_round_options(parser)
+    _add_checkpoint_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_compress)
 
@@ -131,6 +132,18 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
     distill.add_argument("--token-loss-weight", type=float, default=0.0,
                          help="also match the teacher's last hidden states at every token, with this weight "
                          "(default 0: off; the teacher then runs beside the student)")
+
+
+def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """Checkpoints of a long run, and continuing one that was killed."""
+    group = parser.add_argument_group("checkpoints (one training round: dense, rankdyna, or a baseline given "
+                                      "--finetuned-model or without a first round)")
+    group.add_argument("--save-steps", type=int, default=None,
+                       help="write a crash-safe checkpoint into --output every N optimizer steps (default: none)")
+    group.add_argument("--save-total-limit", type=int, default=2,
+                       help="keep only the last N checkpoints (default 2)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --output from its last complete checkpoint (same settings only)")
 
 
 def _run_compress(args: argparse.Namespace) -> None:
@@ -175,6 +188,7 @@ def compress_settings(args: argparse.Namespace) -> CompressSettings:
                   "rank_multiple": args.rank_multiple, "allocation": args.allocation,
                   "importance_updates": args.importance_updates, "factor_step_scale": args.factor_step_scale},
         show_progress=not args.no_progress,
+        save_steps=args.save_steps, save_total_limit=args.save_total_limit, resume=args.resume,
     )
 
 

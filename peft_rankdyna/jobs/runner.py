@@ -13,7 +13,9 @@
   second round on the factors.
 
 The metrics and the collapse check in ``results.json`` are always those of the model as saved
-(after any rank rounding of the merge), never of the model before it.
+(after any rank rounding of the merge), never of the model before it. Every round trains with
+crash-safe checkpoints when ``save_steps`` asks for them; ``resume`` continues a one-round job
+from its last (:mod:`.checkpoints`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from ..config import RankDynaConfig
 from ..io import atomic_write_text
 from ..loading import load_tokenizer, require_model_folder
 from ..targets import default_target_names
-from ..trainer import RankDynaTrainer
+from ..trainer import CrashSafeTrainer, RankDynaTrainer
+from .checkpoints import checkpoint_step, prepare_checkpoints, resume_point
 from .objectives import Objective, get_objective
 from .progress import ProgressScores
 from .saving import draw_curve, draw_history, draw_ranks, save_compact, save_finetuned, save_training_record, write_report
@@ -57,6 +60,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     set_seed(settings.seed)
     objective = get_objective(settings.objective)(settings)
     config = checked_config(settings, objective)  # cheap checks first, then the data: all before any model is loaded
+    prepare_checkpoints(settings, objective)
     objective.read_data()
     tokenizer = load_tokenizer(settings.model, settings.gguf_file)
     objective.prepare(tokenizer)
@@ -64,7 +68,8 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     progress = ProgressScores(objective, settings.eval_steps) if settings.eval_steps else None
     callbacks = (*callbacks, progress) if progress else tuple(callbacks)
     results: dict[str, Any] = {"settings": asdict(settings), "device": training_device(),
-                               "model_params_before": model_parameters(model), **objective.describe()}
+                               "model_params_before": model_parameters(model), **objective.describe(),
+                               "resumed_from_step": checkpoint_step(resume_point(settings))}
     if settings.budget is None:
         trainer = train(objective, model, callbacks)
         saved = model
@@ -140,14 +145,14 @@ def calibration_batches(settings: CompressSettings) -> int:
 
 
 def train(objective: Objective, model: nn.Module, callbacks: Sequence[TrainerCallback] = (),
-          trainer_cls: type = Trainer, run: bool = True, **trainer_options: Any) -> Trainer:
+          trainer_cls: type = CrashSafeTrainer, run: bool = True, **trainer_options: Any) -> Trainer:
     """A Trainer of ``trainer_cls`` (with ``trainer_options``) on the objective's data and ``model`` (trained
-    unless ``run`` is False)."""
+    unless ``run`` is False; from the job's last checkpoint with ``resume``, which only one-round jobs allow)."""
     trainer = trainer_cls(model=objective.training_model(model), args=training_arguments(objective.settings),
                           train_dataset=objective.train_dataset, data_collator=objective.collator,
                           callbacks=list(callbacks), **trainer_options)
     if run:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_point(objective.settings))
     return trainer
 
 
@@ -185,7 +190,9 @@ def training_arguments(settings: CompressSettings) -> TrainingArguments:
         weight_decay=0.01,
         warmup_ratio=0.06,
         seed=settings.seed,
-        save_strategy="no",
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,  # 500: transformers' default, unused without save_steps
+        save_total_limit=settings.save_total_limit,
         eval_strategy="no",
         logging_steps=50,
         report_to=[],

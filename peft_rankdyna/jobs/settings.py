@@ -46,7 +46,11 @@ class CompressSettings:
     sum, plus ``token_loss_weight`` × the mean squared difference of the last hidden states at real
     tokens (the teacher then runs beside the student in every step). ``eval_steps`` scores the model
     being trained every that many optimizer steps (and before the first), the curve in
-    ``results.json`` and ``curve.png``.
+    ``results.json`` and ``curve.png``. ``save_steps`` writes a crash-safe checkpoint into ``output_dir``
+    every that many optimizer steps (keeping the last ``save_total_limit``), and ``resume`` continues the
+    run from the last of them (refused where the settings differ from the checkpointed run's, in
+    anything but these three and the progress output); both need a job that trains one round (dense,
+    RankDyna, or a baseline without a first round or given ``finetuned_model``).
     """
 
     model: str
@@ -81,6 +85,9 @@ class CompressSettings:
     eval_steps: Optional[int] = None
     final_lr_restart: bool = False
     self_distill_weight: float = 0.0
+    save_steps: Optional[int] = None
+    save_total_limit: Optional[int] = 2
+    resume: bool = False
 
     def __post_init__(self) -> None:
         # Paths may come as pathlib objects; results.json records them as text.
@@ -110,9 +117,14 @@ class CompressSettings:
         if (self.final_lr_restart or self.self_distill_weight) and (self.method != "rankdyna" or self.budget is None):
             raise ValueError("final_lr_restart and self_distill_weight shape one RankDyna round; use them with "
                              "method 'rankdyna' and a budget.")
-        if self.eval_steps is not None and (isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int)
-                                            or self.eval_steps < 1):
-            raise ValueError(f"eval_steps must be None or an int ≥ 1, got {self.eval_steps!r}.")
+        for name in ("eval_steps", "save_steps", "save_total_limit"):
+            self._check_steps(name)
+
+    def _check_steps(self, name: str) -> None:
+        """A count of steps or checkpoints: None, or an int ≥ 1."""
+        value = getattr(self, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be None or an int ≥ 1, got {value!r}.")
 
     def _check_weight(self, name: str) -> None:
         """A loss weight: a finite number ≥ 0 (NaN fails the comparison too)."""
