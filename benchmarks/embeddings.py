@@ -155,9 +155,8 @@ RUNS_HEADING = ("Runs (the command that made each folder, as it ran: a folder re
 def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Settings a run folder's ``results`` were made with that ``command`` resolves otherwise today, as
     (then, now): a changed flag, and a changed default too (``rankdyna.tinit`` for RankDynaConfig's fields).
-    Where the folder lies, progress output and checkpointing do not count. A setting the record lacks is newer than
-    the run:
-    the run had its declared default, so it counts as changed when today's value is another."""
+    Where the folder lies, progress output and checkpointing do not count. A setting the record lacks is newer
+    than the run: the run had its declared default, so it counts as changed when today's value is another."""
     import dataclasses
 
     from peft_rankdyna.config import RankDynaConfig
@@ -220,6 +219,7 @@ def run(args: argparse.Namespace, setting: tuple[str, list[str]], method: str, b
             **{f"validation_{name}": value for name, value in results["metrics"].items()},
             "target_params": results["target_params_after"], "train_texts": results["train_texts"],
             "train_steps": results["train_steps"], "wall_time_s": results["wall_time_s"],
+            "resumed_from_step": results.get("resumed_from_step"),
             "curve": results.get("curve", [])}
 
 
@@ -314,7 +314,9 @@ def validation_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['setting']} | {row['method']} | {row['budget']:g} | {row['validation_mean_cosine']:.4f} | "
                      f"{row['validation_p5_cosine']:.4f} | {_figure(row.get('validation_recall_at_10'), 3)} | "
                      f"{_figure(row.get('validation_mixed_recall_at_10'), 3)} | {row['train_steps']} | "
-                     f"{row['wall_time_s']:.0f} |")
+                     f"{row['wall_time_s']:.0f}{' ¶' if row.get('resumed_from_step') else ''} |")
+    if any(row.get("resumed_from_step") for row in result["rows"]):
+        lines += ["", "¶ resumed from a checkpoint: the wall time is the resumed process's only."]
     lines += ["", f"Command: `{result['command']}`", "", RUNS_HEADING, ""]
     return "\n".join(lines + [f"- `{row['command']}`" for row in result["rows"]]) + "\n"
 

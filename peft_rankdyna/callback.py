@@ -86,7 +86,7 @@ class RankDynaCallback(TrainerCallback):
             )
         config.schedule()  # raises now, naming the conflicting numbers, if the schedule cannot run
         if state.global_step:  # resumed: the entries so far come back from the checkpoint
-            self.history = [entry[HISTORY_KEY] for entry in state.log_history if HISTORY_KEY in entry]
+            self.history = [dict(entry[HISTORY_KEY]) for entry in state.log_history if HISTORY_KEY in entry]
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -103,7 +103,8 @@ class RankDynaCallback(TrainerCallback):
                      "kept_params": allocation.kept_params, "threshold": allocation.threshold,
                      "ranks": allocation.ranks}
             self.history.append(entry)
-            state.log_history.append({HISTORY_KEY: entry, "step": state.global_step})
+            # As (key, value) pairs: the checkpoint's JSON sorts dict keys; the history file keeps this order.
+            state.log_history.append({HISTORY_KEY: list(entry.items()), "step": state.global_step})
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._model.nonfinite_streak:

@@ -9,7 +9,6 @@ import inspect
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from typing import Any, Optional
 
@@ -24,7 +23,7 @@ from .phases import output_distance, restarted_linear_schedule
 
 _STAGING_PREFIX = ".staging-"
 # What the staging redirect relies on in transformers' (private) checkpoint code; transformers has no
-# public hook for where a checkpoint is written. Checked when a RankDynaTrainer is built, so an
+# public hook for where a checkpoint is written. Checked when a CrashSafeTrainer is built, so an
 # upgrade that changes it fails loudly instead of writing checkpoints non-atomically.
 _SAVE_CHECKPOINT_CALLS = ("self._get_output_dir(trial=trial)", "self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)")
 
@@ -45,8 +44,8 @@ def check_trainer_internals(trainer_cls: type) -> None:
             "The crash-safe checkpoints of CrashSafeTrainer and RankDynaTrainer rely on transformers' "
             f"Trainer._save_checkpoint calling "
             f"{' and '.join(_SAVE_CHECKPOINT_CALLS)}; transformers {transformers.__version__} does not ({reason}). "
-            "Install transformers 4.57.x, or use transformers.Trainer with RankDynaCallback.attach(trainer) "
-            "(checkpoints then are not written atomically)."
+            "Install transformers 4.57.x, or use transformers.Trainer (with RankDynaCallback.attach(trainer) for a "
+            "RankDyna model; checkpoints then are not written atomically)."
         )
 
 
@@ -66,23 +65,28 @@ class CrashSafeTrainer(Trainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(run_dir, f"{_STAGING_PREFIX}*")):  # left by an earlier crash
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = tempfile.mkdtemp(dir=run_dir, prefix=_STAGING_PREFIX)
+        # One staging folder for every process (under DDP each writes its own RNG state into it), named by the
+        # step so that the processes agree on it without talking; the main process clears what a crash left.
+        staging = os.path.join(run_dir, f"{_STAGING_PREFIX}{name}")
+        if self.args.should_save:
+            os.makedirs(run_dir, exist_ok=True)
+            for stale in glob.glob(os.path.join(run_dir, f"{_STAGING_PREFIX}*")):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         # Trainer writes to <output dir>/checkpoint-N: point it at the staging folder for this save.
         self._get_output_dir = lambda trial=None: staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        self.accelerator.wait_for_everyone()  # every process's files are written before the folder moves
         if self.args.should_save:
             replace_dir(os.path.join(staging, name), os.path.join(run_dir, name))
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging):
                 self.state.best_model_checkpoint = run_dir + best[len(staging):]
             self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
-        shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class RankDynaTrainer(CrashSafeTrainer):

@@ -58,3 +58,18 @@ def test_first_difference_tells_colliding_masks_apart_and_names_the_matrix():
     other = torch.tensor([1, 1, 1, *COLLIDING[1]], dtype=torch.uint8)
     assert first_difference([same, same.clone()], [3, 5], ["first", "layer"]) is None
     assert first_difference([same, same.clone(), other], [3, 5], ["first", "layer"]) == (2, "layer")
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_crash_safe_checkpoints_under_ddp_hold_every_process_rng_state(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_checkpoint_worker.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(_free_port()), worker, str(tmp_path)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]  # no staging left
+    for checkpoint in ("checkpoint-2", "checkpoint-4", "checkpoint-6"):
+        files = set(os.listdir(tmp_path / checkpoint))
+        assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors", "optimizer.pt"} <= files, checkpoint

@@ -137,7 +137,8 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
 def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     """Checkpoints of a long run, and continuing one that was killed."""
     group = parser.add_argument_group("checkpoints (one training round: dense, rankdyna, or a baseline given "
-                                      "--finetuned-model or without a first round)")
+                                      "--finetuned-model or without a first round; no --self-distill-weight; "
+                                      "removed once the results are written)")
     group.add_argument("--save-steps", type=int, default=None,
                        help="write a crash-safe checkpoint into --output every N optimizer steps (default: none)")
     group.add_argument("--save-total-limit", type=int, default=2,

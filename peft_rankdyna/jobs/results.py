@@ -33,5 +33,7 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"  {'fine-tuned model':<22}{results['finetuned_dir']}")
     if settings.get("finetuned_model"):
         lines.append(f"  {'first round':<22}reused from {settings['finetuned_model']} (not in the wall time)")
-    lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s")
+    resumed = results.get("resumed_from_step")
+    lines.append(f"  {'wall time':<22}{results['wall_time_s']:.1f} s"
+                 + (f" (resumed at step {resumed}: this process only)" if resumed else ""))
     return "\n".join(lines)

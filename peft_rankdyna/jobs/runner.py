@@ -13,9 +13,9 @@
   second round on the factors.
 
 The metrics and the collapse check in ``results.json`` are always those of the model as saved
-(after any rank rounding of the merge), never of the model before it. Every round trains with
-crash-safe checkpoints when ``save_steps`` asks for them; ``resume`` continues a one-round job
-from its last (:mod:`.checkpoints`).
+(after any rank rounding of the merge), never of the model before it. A one-round job writes
+crash-safe checkpoints when ``save_steps`` asks for them, and ``resume`` continues it from the last
+(:mod:`.checkpoints`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..io import atomic_write_text
 from ..loading import load_tokenizer, require_model_folder
 from ..targets import default_target_names
 from ..trainer import CrashSafeTrainer, RankDynaTrainer
-from .checkpoints import checkpoint_step, prepare_checkpoints, resume_point
+from .checkpoints import checkpoint_step, prepare_checkpoints, remove_checkpoints, resume_point
 from .objectives import Objective, get_objective
 from .progress import ProgressScores
 from .saving import draw_curve, draw_history, draw_ranks, save_compact, save_finetuned, save_training_record, write_report
@@ -60,7 +60,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     set_seed(settings.seed)
     objective = get_objective(settings.objective)(settings)
     config = checked_config(settings, objective)  # cheap checks first, then the data: all before any model is loaded
-    prepare_checkpoints(settings, objective)
+    prepare_checkpoints(settings, objective, config)
     objective.read_data()
     tokenizer = load_tokenizer(settings.model, settings.gguf_file)
     objective.prepare(tokenizer)
@@ -90,6 +90,7 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     results.update(asdict(objective.score(saved)))
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(os.path.join(settings.output_dir, "results.json"), json.dumps(results, indent=2))
+    remove_checkpoints(settings.output_dir)
     return results
 
 

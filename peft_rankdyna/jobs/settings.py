@@ -50,7 +50,8 @@ class CompressSettings:
     every that many optimizer steps (keeping the last ``save_total_limit``), and ``resume`` continues the
     run from the last of them (refused where the settings differ from the checkpointed run's, in
     anything but these three and the progress output); both need a job that trains one round (dense,
-    RankDyna, or a baseline without a first round or given ``finetuned_model``).
+    RankDyna, or a baseline without a first round or given ``finetuned_model``) without self-distillation
+    (:mod:`peft_rankdyna.jobs.checkpoints`). The checkpoints are removed once the results are written.
     """
 
     model: str
