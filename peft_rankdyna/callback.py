@@ -16,6 +16,17 @@ HISTORY_FILE = "rankdyna_history.json"
 HISTORY_KEY = "rankdyna_allocation"  # the history's entries in the Trainer's log history, which checkpoints save
 
 
+def log_entry(state: TrainerState, key: str, entry: dict[str, Any]) -> None:
+    """Keep ``entry`` in the Trainer's log history under ``key``: every checkpoint saves it, so a resumed run
+    gets it back (:func:`logged_entries`). Stored as (key, value) pairs, since the checkpoint's JSON sorts keys."""
+    state.log_history.append({key: list(entry.items()), "step": state.global_step})
+
+
+def logged_entries(state: TrainerState, key: str) -> list[dict[str, Any]]:
+    """The entries :func:`log_entry` kept under ``key``, in their order and with their keys' order."""
+    return [dict(record[key]) for record in state.log_history if key in record]
+
+
 def require_rankdyna_model(model: nn.Module) -> RankDynaModel:
     """The :class:`RankDynaModel` inside ``model``; a clear error when there is none."""
     found = find_rankdyna_model(model)
@@ -86,7 +97,7 @@ class RankDynaCallback(TrainerCallback):
             )
         config.schedule()  # raises now, naming the conflicting numbers, if the schedule cannot run
         if state.global_step:  # resumed: the entries so far come back from the checkpoint
-            self.history = [dict(entry[HISTORY_KEY]) for entry in state.log_history if HISTORY_KEY in entry]
+            self.history = logged_entries(state, HISTORY_KEY)
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -103,8 +114,7 @@ class RankDynaCallback(TrainerCallback):
                      "kept_params": allocation.kept_params, "threshold": allocation.threshold,
                      "ranks": allocation.ranks}
             self.history.append(entry)
-            # As (key, value) pairs: the checkpoint's JSON sorts dict keys; the history file keeps this order.
-            state.log_history.append({HISTORY_KEY: list(entry.items()), "step": state.global_step})
+            log_entry(state, HISTORY_KEY, entry)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self._model.nonfinite_streak:

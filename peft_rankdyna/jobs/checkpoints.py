@@ -88,9 +88,8 @@ def prepare_checkpoints(settings: CompressSettings, objective: Objective, config
 def remove_checkpoints(output_dir: str) -> None:
     """Remove the job's checkpoints once its results are written: the adapter and the compact model are what it
     made (a crash before this leaves them, and a resume then only re-saves and re-scores)."""
-    for name in os.listdir(output_dir):
-        if name.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, name)):
-            shutil.rmtree(os.path.join(output_dir, name))
+    while (checkpoint := last_checkpoint(output_dir)) is not None:
+        shutil.rmtree(checkpoint)
 
 
 def _comparable(settings: CompressSettings, config: Optional[RankDynaConfig]) -> dict[str, Any]:

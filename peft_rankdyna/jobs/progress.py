@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
+from ..callback import log_entry, logged_entries
+
 if TYPE_CHECKING:
     from .objectives import Objective
 
@@ -42,7 +44,7 @@ class ProgressScores(TrainerCallback):
         if state.global_step == 0:
             self._score(model, state)
         else:  # resumed: the points so far are in the checkpoint, and no new one is due (as in a run never killed)
-            self.points.extend(dict(entry[POINT_KEY]) for entry in state.log_history if POINT_KEY in entry)
+            self.points.extend(logged_entries(state, POINT_KEY))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.every == 0:
@@ -61,5 +63,4 @@ class ProgressScores(TrainerCallback):
         point = {"round": self.round, "step": state.global_step, **scores.metrics,
                  "collapsed": bool(scores.collapse.get("collapsed", False))}
         self.points.append(point)
-        # As (key, value) pairs: the checkpoint's JSON sorts dict keys, and the curve's plot follows their order.
-        state.log_history.append({POINT_KEY: list(point.items()), "step": state.global_step})
+        log_entry(state, POINT_KEY, point)
