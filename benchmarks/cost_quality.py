@@ -43,6 +43,8 @@ MAIN_METRIC = {"mrpc": "accuracy", "cola": "matthews_correlation", "sst2": "accu
 DEFAULT_METHODS = ["dense", "fwsvd", "svd", "rankdyna"]
 # Cell fields that do not make a setting: the seed varies within one, and the model is always "$MODEL".
 NOT_SETTING = ("seed", "model")
+# The pipeline RankDyna's default has to match (issue #21): FWSVD + FT, 3 + 3 epochs.
+REFERENCE_METHOD, REFERENCE_EPOCHS = "fwsvd", 3.0
 
 
 def warn(message: str, warnings: list[str]) -> None:
@@ -118,7 +120,8 @@ def summarize_group(runs: Sequence[dict[str, Any]], metric: str) -> dict[str, An
         "setting": {key: value for key, value in cell.items() if key not in NOT_SETTING},
         "length": length_label(cell["method"], cell["epochs"]), "metric": metric,
         "seeds": [run["cell"]["seed"] for run in runs],
-        "values": [{"seed": run["cell"]["seed"], "value": value} for run, value in zip(runs, values)],
+        "values": [{"seed": run["cell"]["seed"], "value": value, "cpu_s": run.get("process_cpu_s")}
+                   for run, value in zip(runs, values)],
         "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
         "cpu_s": statistics.fmean(cpu) if len(cpu) == len(runs) else None, "cpu_recorded": len(cpu),
         # pipeline_wall_s covers both rounds of a two-round run; process_wall_s is the second process's alone.
@@ -194,7 +197,7 @@ def task_table(rows: Sequence[dict[str, Any]], task: str) -> str:
 
 
 def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], args: argparse.Namespace,
-             command: str, warnings: Sequence[str]) -> str:
+             command: str, warnings: Sequence[str], comparisons: Sequence[dict[str, Any]] = ()) -> str:
     """The summary page: what a row is, the tables, the notes and warnings, and the command that wrote it."""
     files = ", ".join(f"`{os.path.relpath(path)}`" for path in args.runs)
     commits = sorted({str(run.get("commit") or "not recorded") for run in runs})
@@ -219,8 +222,63 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], arg
         *(f"**Note:** {note}" for note in args.note),
         *(["**Warnings:**\n\n" + "\n".join(f"- {warning}" for warning in warnings)] if warnings else []),
         *(task_table(rows, task) for task in dict.fromkeys(row["task"] for row in rows)),
+        *([comparison_table(comparisons)] if comparisons else []),
         f"Summarised with `{command}`. Each run's command is in `{os.path.basename(args.out)}.json`.",
     ]) + "\n"
+
+
+def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = REFERENCE_METHOD,
+                       reference_epochs: float = REFERENCE_EPOCHS) -> list[dict[str, Any]]:
+    """Each RankDyna setting against the reference pipeline (FWSVD + FT, 3 + 3 epochs) of the same task,
+    budget and other settings, seed by seed: the seeds both ran, the difference in each, and the ratio of
+    their mean CPU times over those seeds (None where a seed did not record it)."""
+    def context(row: dict[str, Any]) -> tuple:
+        return tuple(sorted((k, v) for k, v in row["setting"].items() if k not in ("method", "epochs")))
+
+    references = {context(row): row for row in rows if row["method"] == reference_method
+                  and row["setting"]["epochs"] == reference_epochs}
+    found = []
+    for row in rows:
+        reference = references.get(context(row))
+        if row["method"] != "rankdyna" or reference is None:
+            continue
+        ours, theirs = ({v["seed"]: v for v in r["values"]} for r in (row, reference))
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            continue
+        deltas = [ours[seed]["value"] - theirs[seed]["value"] for seed in seeds]
+        cpu = [(ours[seed]["cpu_s"], theirs[seed]["cpu_s"]) for seed in seeds]
+        known = all(a is not None and b is not None for a, b in cpu)
+        found.append({
+            "task": row["task"], "budget": row["budget"], "length": row["length"],
+            "reference": f"{METHOD_LABELS[reference_method]} {reference['length']}", "metric": row["metric"],
+            "seeds": seeds, "deltas": deltas, "mean_delta": statistics.fmean(deltas),
+            "ahead": sum(delta > 0 for delta in deltas), "level": sum(delta == 0 for delta in deltas),
+            "cpu_ratio": (statistics.fmean(a for a, _ in cpu) / statistics.fmean(b for _, b in cpu)) if known else None,
+            "shared": max(row["parallel"], reference["parallel"]) > 1,
+        })
+    return found
+
+
+def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
+    """The paired comparisons as one Markdown table (empty when no RankDyna setting has a reference run)."""
+    if not comparisons:
+        return ""
+    reference = comparisons[0]["reference"]
+    lines = [f"### RankDyna against {reference}, seed by seed",
+             f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
+             "seeds both ran: the difference in the dev metric (RankDyna minus the reference) in each seed, its "
+             "mean, in how many seeds RankDyna is ahead (= level), and RankDyna's mean CPU time over those seeds "
+             "as a fraction of the reference's (‡: a run shared the machine, so the ratio is not like for like).",
+             "| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        ratio = "unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×" + (" ‡" if c["shared"] else "")
+        lines.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
+                     + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
+                     f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "")
+                     + f" | {ratio} |")
+    return "\n\n".join([lines[0], lines[1], "\n".join(lines[2:])])
 
 
 def plot_cost_quality(rows: Sequence[dict[str, Any]], path: str) -> None:
@@ -298,8 +356,10 @@ def write_summary(args: argparse.Namespace, command: str) -> str:
         raise SystemExit(f"No run of {', '.join(args.methods)} in {', '.join(args.runs)}.")
     require_one_device(runs)
     rows = group_runs(runs, warnings)
-    text = markdown(rows, runs, args, command, warnings)
-    save_summary(args.out, text, {"rows": rows, "warnings": warnings, "notes": args.note, "command": command},
+    comparisons = paired_comparisons(rows)
+    text = markdown(rows, runs, args, command, warnings, comparisons)
+    save_summary(args.out, text, {"rows": rows, "comparisons": comparisons, "warnings": warnings,
+                                  "notes": args.note, "command": command},
                  lambda path: plot_cost_quality(rows, path))
     return text
 

@@ -112,3 +112,27 @@ def test_settings_that_differ_beyond_the_length_get_a_column_and_are_not_merged(
 def test_a_missing_runs_file_is_an_error_not_an_empty_grid(tmp_path):
     with pytest.raises(SystemExit, match="No runs file at"):
         cost_quality.main(["--runs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "cq")])
+
+
+def test_each_rankdyna_setting_is_compared_with_fwsvd_ft_seed_by_seed(tmp_path, runs_files):
+    """Only the seeds both ran are paired; a reference of another length or learning rate is no reference;
+    a CPU ratio is given only where every paired seed recorded its time."""
+    other_lr = _record("mrpc", "fwsvd", 0.5, 2, 0.99, cpu=10.0)  # seed 2 of FWSVD + FT, but at another lr
+    other_lr["cell"]["learning_rate"] = 1e-4
+    other_lr["key"] = json.dumps(other_lr["cell"], sort_keys=True)
+    longer = _record("mrpc", "fwsvd", 0.5, 3, 0.99, epochs=6.0)  # FWSVD + FT 6 + 6: not the reference
+    out = str(tmp_path / "cq")
+    extra = _write(tmp_path / "extra.jsonl", [other_lr, longer])
+    assert cost_quality.main(["--runs", runs_files[0], extra, "--out", out]) == 0
+    found = {(c["task"], c["budget"], c["length"]): c
+             for c in json.load(open(out + ".json", encoding="utf-8"))["comparisons"]}
+    assert set(found) == {("mrpc", 0.5, "3 ep"), ("mrpc", 0.5, "6 ep"), ("cola", 0.25, "3 ep")}
+    three, six, cola = found[("mrpc", 0.5, "3 ep")], found[("mrpc", 0.5, "6 ep")], found[("cola", 0.25, "3 ep")]
+    assert (three["seeds"], three["deltas"], three["ahead"]) == ([1], [pytest.approx(-0.08)], 0)
+    assert three["cpu_ratio"] == pytest.approx(290 / 650) and six["cpu_ratio"] == pytest.approx(590 / 650)
+    assert (six["deltas"], six["ahead"], six["reference"]) == ([pytest.approx(0.02)], 1, "FWSVD + FT 3 + 3 ep")
+    assert (cola["seeds"], cola["deltas"]) == ([1, 2], [pytest.approx(0.06), pytest.approx(0.05)])
+    assert cola["mean_delta"] == pytest.approx(0.055) and cola["cpu_ratio"] is None  # seed 1 recorded no CPU time
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "| mrpc | 0.5 | 6 ep | 1 | +0.0200 | +0.0200 | 1 of 1 | 0.91× |" in text
+    assert "| cola | 0.25 | 3 ep | 1, 2 | +0.0600, +0.0500 | +0.0550 | 2 of 2 | unknown |" in text
