@@ -256,6 +256,7 @@ def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = R
             "ahead": sum(delta > 0 for delta in deltas), "level": sum(delta == 0 for delta in deltas),
             "cpu_ratio": (statistics.fmean(a for a, _ in cpu) / statistics.fmean(b for _, b in cpu)) if known else None,
             "shared": max(row["parallel"], reference["parallel"]) > 1,
+            "threads_differ": row["threads"] != reference["threads"],
         })
     return found
 
@@ -269,11 +270,13 @@ def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
              f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
              "seeds both ran: the difference in the dev metric (RankDyna minus the reference) in each seed, its "
              "mean, in how many seeds RankDyna is ahead (= level), and RankDyna's mean CPU time over those seeds "
-             "as a fraction of the reference's (‡: a run shared the machine, so the ratio is not like for like).",
+             "as a fraction of the reference's (‡: a run shared the machine; ≠: the two ran with different "
+             "OMP_NUM_THREADS; either way the ratio is not like for like).",
              "| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        ratio = "unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×" + (" ‡" if c["shared"] else "")
+        ratio = ("unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×" + " ‡" * c["shared"]
+                 + " ≠" * c["threads_differ"])
         lines.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
                      + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
                      f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "")

@@ -136,3 +136,11 @@ def test_each_rankdyna_setting_is_compared_with_fwsvd_ft_seed_by_seed(tmp_path, 
     text = open(out + ".md", encoding="utf-8").read()
     assert "| mrpc | 0.5 | 6 ep | 1 | +0.0200 | +0.0200 | 1 of 1 | 0.91× |" in text
     assert "| cola | 0.25 | 3 ep | 1, 2 | +0.0600, +0.0500 | +0.0550 | 2 of 2 | unknown |" in text
+
+
+def test_a_cpu_ratio_of_runs_with_other_threads_is_marked(tmp_path):
+    records = [_record("mrpc", "rankdyna", 0.5, 1, 0.8, cpu=400.0, threads="2"),
+               _record("mrpc", "fwsvd", 0.5, 1, 0.7, cpu=500.0)]
+    out = str(tmp_path / "cq")
+    assert cost_quality.main(["--runs", _write(tmp_path / "a.jsonl", records), "--out", out]) == 0
+    assert "| mrpc | 0.5 | 3 ep | 1 | +0.1000 | +0.1000 | 1 of 1 | 0.80× ≠ |" in open(out + ".md", encoding="utf-8").read()
