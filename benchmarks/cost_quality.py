@@ -120,8 +120,8 @@ def summarize_group(runs: Sequence[dict[str, Any]], metric: str) -> dict[str, An
         "setting": {key: value for key, value in cell.items() if key not in NOT_SETTING},
         "length": length_label(cell["method"], cell["epochs"]), "metric": metric,
         "seeds": [run["cell"]["seed"] for run in runs],
-        "values": [{"seed": run["cell"]["seed"], "value": value, "cpu_s": run.get("process_cpu_s")}
-                   for run, value in zip(runs, values)],
+        "values": [{"seed": run["cell"]["seed"], "value": value, "cpu_s": run.get("process_cpu_s"),
+                    "parallel": run.get("parallel"), "threads": run.get("threads")} for run, value in zip(runs, values)],
         "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
         "cpu_s": statistics.fmean(cpu) if len(cpu) == len(runs) else None, "cpu_recorded": len(cpu),
         # pipeline_wall_s covers both rounds of a two-round run; process_wall_s is the second process's alone.
@@ -249,34 +249,36 @@ def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = R
         deltas = [ours[seed]["value"] - theirs[seed]["value"] for seed in seeds]
         cpu = [(ours[seed]["cpu_s"], theirs[seed]["cpu_s"]) for seed in seeds]
         known = all(a is not None and b is not None for a, b in cpu)
+        paired = [side[seed] for seed in seeds for side in (ours, theirs)]
         found.append({
             "task": row["task"], "budget": row["budget"], "length": row["length"],
             "reference": f"{METHOD_LABELS[reference_method]} {reference['length']}", "metric": row["metric"],
             "seeds": seeds, "deltas": deltas, "mean_delta": statistics.fmean(deltas),
             "ahead": sum(delta > 0 for delta in deltas), "level": sum(delta == 0 for delta in deltas),
             "cpu_ratio": (statistics.fmean(a for a, _ in cpu) / statistics.fmean(b for _, b in cpu)) if known else None,
-            "shared": max(row["parallel"], reference["parallel"]) > 1,
-            "threads_differ": row["threads"] != reference["threads"],
+            # Judged on the paired seeds' own runs: True, False, or None where a run did not record it.
+            "shared": (True if any((v["parallel"] or 1) > 1 for v in paired)
+                       else None if any(v["parallel"] is None for v in paired) else False),
+            "threads_differ": any(ours[seed]["threads"] != theirs[seed]["threads"] for seed in seeds),
         })
     return found
 
 
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
-    """The paired comparisons as one Markdown table (empty when no RankDyna setting has a reference run)."""
-    if not comparisons:
-        return ""
+    """The paired comparisons (at least one) as one Markdown table."""
     reference = comparisons[0]["reference"]
     lines = [f"### RankDyna against {reference}, seed by seed",
              f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
              "seeds both ran: the difference in the dev metric (RankDyna minus the reference) in each seed, its "
              "mean, in how many seeds RankDyna is ahead (= level), and RankDyna's mean CPU time over those seeds "
-             "as a fraction of the reference's (‡: a run shared the machine; ≠: the two ran with different "
-             "OMP_NUM_THREADS; either way the ratio is not like for like).",
+             "as a fraction of the reference's (‡: a paired run shared the machine; ?: a paired run did not record "
+             "whether it did; ≠: a seed's two runs ran with different OMP_NUM_THREADS; in each case the ratio is not "
+             "like for like).",
              "| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        ratio = ("unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×" + " ‡" * c["shared"]
-                 + " ≠" * c["threads_differ"])
+        shared = {True: " ‡", None: " ?", False: ""}[c["shared"]]
+        ratio = "unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×{shared}" + " ≠" * c["threads_differ"]
         lines.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
                      + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
                      f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "")

@@ -144,3 +144,26 @@ def test_a_cpu_ratio_of_runs_with_other_threads_is_marked(tmp_path):
     out = str(tmp_path / "cq")
     assert cost_quality.main(["--runs", _write(tmp_path / "a.jsonl", records), "--out", out]) == 0
     assert "| mrpc | 0.5 | 3 ep | 1 | +0.1000 | +0.1000 | 1 of 1 | 0.80× ≠ |" in open(out + ".md", encoding="utf-8").read()
+
+
+def test_the_cpu_ratio_and_its_marks_come_from_the_paired_seeds_alone(tmp_path):
+    """Seed 3 of RankDyna has no FWSVD + FT partner: its missing CPU time, its shared machine and its threads
+    change nothing; a tie counts as level; a paired run that shared the machine marks the ratio ‡, one that
+    did not record it ?."""
+    unpaired = _record("mrpc", "rankdyna", 0.5, 3, 0.9, cpu=None, parallel=2, threads="2")
+    records = [_record("mrpc", "rankdyna", 0.5, 1, 0.8, cpu=300.0), _record("mrpc", "rankdyna", 0.5, 2, 0.7, cpu=500.0),
+               unpaired, _record("mrpc", "fwsvd", 0.5, 1, 0.8, cpu=400.0), _record("mrpc", "fwsvd", 0.5, 2, 0.6, cpu=600.0)]
+    out = str(tmp_path / "cq")
+    assert cost_quality.main(["--runs", _write(tmp_path / "a.jsonl", records), "--out", out]) == 0
+    (found,) = json.load(open(out + ".json", encoding="utf-8"))["comparisons"]
+    assert (found["seeds"], found["ahead"], found["level"]) == ([1, 2], 1, 1)
+    assert found["cpu_ratio"] == pytest.approx(800 / 1000) and found["shared"] is False
+    assert "| mrpc | 0.5 | 3 ep | 1, 2 | +0.0000, +0.1000 | +0.0500 | 1 of 2 (1) | 0.80× |" in open(
+        out + ".md", encoding="utf-8").read()
+    records[3]["parallel"] = 2
+    records[4]["parallel"] = None
+    assert cost_quality.main(["--runs", _write(tmp_path / "b.jsonl", records), "--out", out]) == 0
+    assert json.load(open(out + ".json", encoding="utf-8"))["comparisons"][0]["shared"] is True
+    records[3]["parallel"] = 1
+    assert cost_quality.main(["--runs", _write(tmp_path / "c.jsonl", records), "--out", out]) == 0
+    assert "| 0.80× ? |" in open(out + ".md", encoding="utf-8").read()
