@@ -135,13 +135,17 @@ def summarize_group(runs: Sequence[dict[str, Any]], metric: str) -> dict[str, An
     }
 
 
+def setting_key(fields: dict[str, Any], leave_out: Sequence[str]) -> tuple:
+    """``fields`` without ``leave_out``, as a hashable, order-free key."""
+    return tuple(sorted((key, value) for key, value in fields.items() if key not in leave_out))
+
+
 def group_runs(runs: Sequence[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
     """One row per setting, ordered by task, dense first, budget (largest first), method and setting."""
     metrics = task_metrics(runs, warnings)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
-        setting = tuple(sorted((k, v) for k, v in run["cell"].items() if k not in NOT_SETTING))
-        groups.setdefault(setting, []).append(run)
+        groups.setdefault(setting_key(run["cell"], NOT_SETTING), []).append(run)
     rows = [summarize_group(group, metrics[group[0]["cell"]["task"]]) for group in groups.values()]
     for task in {row["task"] for row in rows}:
         # Settings beyond the length that differ within a task (learning rate, samples, ...) get a column.
@@ -227,19 +231,15 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], arg
     ]) + "\n"
 
 
-def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = REFERENCE_METHOD,
-                       reference_epochs: float = REFERENCE_EPOCHS) -> list[dict[str, Any]]:
+def paired_comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each RankDyna setting against the reference pipeline (FWSVD + FT, 3 + 3 epochs) of the same task,
     budget and other settings, seed by seed: the seeds both ran, the difference in each, and the ratio of
     their mean CPU times over those seeds (None where a seed did not record it)."""
-    def context(row: dict[str, Any]) -> tuple:
-        return tuple(sorted((k, v) for k, v in row["setting"].items() if k not in ("method", "epochs")))
-
-    references = {context(row): row for row in rows if row["method"] == reference_method
-                  and row["setting"]["epochs"] == reference_epochs}
+    references = {setting_key(row["setting"], ("method", "epochs")): row for row in rows
+                  if row["method"] == REFERENCE_METHOD and row["setting"]["epochs"] == REFERENCE_EPOCHS}
     found = []
     for row in rows:
-        reference = references.get(context(row))
+        reference = references.get(setting_key(row["setting"], ("method", "epochs")))
         if row["method"] != "rankdyna" or reference is None:
             continue
         ours, theirs = ({v["seed"]: v for v in r["values"]} for r in (row, reference))
@@ -252,7 +252,7 @@ def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = R
         paired = [side[seed] for seed in seeds for side in (ours, theirs)]
         found.append({
             "task": row["task"], "budget": row["budget"], "length": row["length"],
-            "reference": f"{METHOD_LABELS[reference_method]} {reference['length']}", "metric": row["metric"],
+            "reference": f"{METHOD_LABELS[REFERENCE_METHOD]} {reference['length']}", "metric": row["metric"],
             "seeds": seeds, "deltas": deltas, "mean_delta": statistics.fmean(deltas),
             "ahead": sum(delta > 0 for delta in deltas), "level": sum(delta == 0 for delta in deltas),
             "cpu_ratio": (statistics.fmean(a for a, _ in cpu) / statistics.fmean(b for _, b in cpu)) if known else None,
@@ -267,23 +267,24 @@ def paired_comparisons(rows: Sequence[dict[str, Any]], reference_method: str = R
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     """The paired comparisons (at least one) as one Markdown table."""
     reference = comparisons[0]["reference"]
-    lines = [f"### RankDyna against {reference}, seed by seed",
-             f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
-             "seeds both ran: the difference in the dev metric (RankDyna minus the reference) in each seed, its "
-             "mean, in how many seeds RankDyna is ahead (= level), and RankDyna's mean CPU time over those seeds "
-             "as a fraction of the reference's (‡: a paired run shared the machine; ?: a paired run did not record "
-             "whether it did; ≠: a seed's two runs ran with different OMP_NUM_THREADS; in each case the ratio is not "
-             "like for like).",
-             "| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for c in comparisons:
         shared = {True: " ‡", None: " ?", False: ""}[c["shared"]]
         ratio = "unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×{shared}" + " ≠" * c["threads_differ"]
-        lines.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
-                     + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
-                     f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "")
-                     + f" | {ratio} |")
-    return "\n\n".join([lines[0], lines[1], "\n".join(lines[2:])])
+        rows.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
+                    + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
+                    f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio} |")
+    return "\n\n".join([
+        f"### RankDyna against {reference}, seed by seed",
+        f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
+        "seeds both ran: the difference in the dev metric (RankDyna minus the reference) in each seed, its "
+        "mean, in how many seeds RankDyna is ahead (= level), and RankDyna's mean CPU time over those seeds "
+        "as a fraction of the reference's (‡: a paired run shared the machine; ?: a paired run did not record "
+        "whether it did; ≠: a seed's two runs ran with different OMP_NUM_THREADS; in each case the ratio is not "
+        "like for like).",
+        "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
+                   "|---|---|---|---|---|---|---|---|", *rows]),
+    ])
 
 
 def plot_cost_quality(rows: Sequence[dict[str, Any]], path: str) -> None:
