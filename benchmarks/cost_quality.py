@@ -16,6 +16,7 @@ against CPU time, one line per method and budget through its settings).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,6 +36,8 @@ from glue import (  # the GLUE grid's records, read and labelled the same way
 )
 
 from peft_rankdyna.io import portable_command
+from peft_rankdyna.jobs.length import default_epochs
+from peft_rankdyna.jobs.settings import CompressSettings
 
 # The metric each task is judged on (the first one the paper reports); a task not named here falls back
 # to its records' first metric, and the summary says so.
@@ -43,6 +46,9 @@ MAIN_METRIC = {"mrpc": "accuracy", "cola": "matthews_correlation", "sst2": "accu
 DEFAULT_METHODS = ["dense", "fwsvd", "svd", "rankdyna"]
 # Cell fields that do not make a setting: the seed varies within one, and the model is always "$MODEL".
 NOT_SETTING = ("seed", "model")
+# What `rankdyna compress` trains with unless told otherwise (the length: peft_rankdyna.jobs.length).
+DEFAULT_SETTINGS = {f.name: f.default for f in dataclasses.fields(CompressSettings)
+                    if f.name in ("learning_rate", "max_seq_length", "max_steps")}
 # The pipeline RankDyna's default has to match (issue #21): FWSVD + FT, 3 + 3 epochs.
 REFERENCE_METHOD, REFERENCE_EPOCHS = "fwsvd", 3.0
 
@@ -147,7 +153,7 @@ def group_runs(runs: Sequence[dict[str, Any]], warnings: list[str]) -> list[dict
     for run in runs:
         groups.setdefault(setting_key(run["cell"], NOT_SETTING), []).append(run)
     rows = [summarize_group(group, metrics[group[0]["cell"]["task"]]) for group in groups.values()]
-    for task in {row["task"] for row in rows}:
+    for task in sorted({row["task"] for row in rows}):  # sorted: the warnings come in one order every time
         # Settings beyond the length that differ within a task (learning rate, samples, ...) get a column.
         task_rows = [row for row in rows if row["task"] == task]
         extra = [key for key in varying_settings([row["setting"] for row in task_rows]) if key != "epochs"]
@@ -201,7 +207,8 @@ def task_table(rows: Sequence[dict[str, Any]], task: str) -> str:
 
 
 def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], args: argparse.Namespace,
-             command: str, warnings: Sequence[str], comparisons: Sequence[dict[str, Any]] = ()) -> str:
+             command: str, warnings: Sequence[str], comparisons: Sequence[dict[str, Any]] = (),
+             default: Sequence[dict[str, Any]] = ()) -> str:
     """The summary page: what a row is, the tables, the notes and warnings, and the command that wrote it."""
     files = ", ".join(f"`{os.path.relpath(path)}`" for path in args.runs)
     commits = sorted({str(run.get("commit") or "not recorded") for run in runs})
@@ -227,6 +234,8 @@ def markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], arg
         *(["**Warnings:**\n\n" + "\n".join(f"- {warning}" for warning in warnings)] if warnings else []),
         *(task_table(rows, task) for task in dict.fromkeys(row["task"] for row in rows)),
         *([comparison_table(comparisons)] if comparisons else []),
+        *([] if not comparisons else [default_table(default)] if default else
+          ["No RankDyna setting here trains at its default length."]),
         f"Summarised with `{command}`. Each run's command is in `{os.path.basename(args.out)}.json`.",
     ]) + "\n"
 
@@ -235,11 +244,19 @@ def paired_comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each RankDyna setting against the reference pipeline (FWSVD + FT, 3 + 3 epochs) of the same task,
     budget and other settings, seed by seed: the seeds both ran, the difference in each, and the ratio of
     their mean CPU times over those seeds (None where a seed did not record it)."""
-    references = {setting_key(row["setting"], ("method", "epochs")): row for row in rows
-                  if row["method"] == REFERENCE_METHOD and row["setting"]["epochs"] == REFERENCE_EPOCHS}
+    # RankDyna's one learning rate pairs with the reference's second round (its first may have another).
+    unpaired = ("method", "epochs", "first_round_lr")
+    references: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        if row["method"] == REFERENCE_METHOD and row["setting"]["epochs"] == REFERENCE_EPOCHS:
+            key = setting_key(row["setting"], unpaired)
+            if key in references:
+                raise SystemExit(f"Two {REFERENCE_METHOD} settings differ only in their first round's learning rate "
+                                 f"({references[key]['setting']} and {row['setting']}); summarise them apart.")
+            references[key] = row
     found = []
     for row in rows:
-        reference = references.get(setting_key(row["setting"], ("method", "epochs")))
+        reference = references.get(setting_key(row["setting"], unpaired))
         if row["method"] != "rankdyna" or reference is None:
             continue
         ours, theirs = ({v["seed"]: v for v in r["values"]} for r in (row, reference))
@@ -251,8 +268,8 @@ def paired_comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         known = all(a is not None and b is not None for a, b in cpu)
         paired = [side[seed] for seed in seeds for side in (ours, theirs)]
         found.append({
-            "task": row["task"], "budget": row["budget"], "length": row["length"],
-            "reference": f"{METHOD_LABELS[REFERENCE_METHOD]} {reference['length']}", "metric": row["metric"],
+            "task": row["task"], "budget": row["budget"], "length": row["length"], "setting": row["setting"],
+            "reference": reference_label(reference), "metric": row["metric"],
             "seeds": seeds, "deltas": deltas, "mean_delta": statistics.fmean(deltas),
             "ahead": sum(delta > 0 for delta in deltas), "level": sum(delta == 0 for delta in deltas),
             "cpu_ratio": (statistics.fmean(a for a, _ in cpu) / statistics.fmean(b for _, b in cpu)) if known else None,
@@ -264,13 +281,19 @@ def paired_comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def reference_label(reference: dict[str, Any]) -> str:
+    """``FWSVD + FT 3 + 3 ep``, and the first round's learning rate where it differs from the second's."""
+    first = reference["setting"].get("first_round_lr")
+    return (f"{METHOD_LABELS[REFERENCE_METHOD]} {reference['length']}"
+            + ("" if first is None else f", first round at lr {first:g}"))
+
+
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     """The paired comparisons (at least one) as one Markdown table."""
     reference = comparisons[0]["reference"]
     rows = []
     for c in comparisons:
-        shared = {True: " ‡", None: " ?", False: ""}[c["shared"]]
-        ratio = "unknown" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}×{shared}" + " ≠" * c["threads_differ"]
+        ratio = ratio_text(c)
         rows.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
                     + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
                     f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio} |")
@@ -284,6 +307,54 @@ def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
         "like for like).",
         "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
                    "|---|---|---|---|---|---|---|---|", *rows]),
+    ])
+
+
+def at_default_length(comparisons: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparisons of RankDyna as `rankdyna compress` trains it by default on GLUE: one round of its default
+    length (:mod:`peft_rankdyna.jobs.length`) at the job's default learning rate and sequence length, no step cap."""
+    return [c for c in comparisons if c["setting"]["epochs"] == default_epochs(replaces_two_rounds=True)
+            and all(c["setting"][key] == value for key, value in DEFAULT_SETTINGS.items())]
+
+
+def ratio_text(comparison: dict[str, Any]) -> str:
+    """A comparison's CPU-time ratio with its marks: ‡ a paired run shared the machine, ? not recorded whether
+    it did, ≠ a seed's two runs had different thread counts."""
+    if comparison["cpu_ratio"] is None:
+        return "unknown"
+    shared = {True: " ‡", None: " ?", False: ""}[comparison["shared"]]
+    return f"{comparison['cpu_ratio']:.2f}×{shared}" + " ≠" * comparison["threads_differ"]
+
+
+def expectations(chosen: Sequence[dict[str, Any]]) -> list[str]:
+    """Issue #21's expectations of the default, each checked on ``chosen`` (the default-length comparisons)."""
+    behind = [f"{c['task']} {c['budget']:g} ({c['mean_delta']:+.4f})" for c in chosen if c["mean_delta"] < 0]
+    ahead = sorted(c["task"] for c in chosen if c["budget"] == 0.25 and c["mean_delta"] >= 0.01)
+    costly = [f"{c['task']} {c['budget']:g} ({ratio_text(c)})" for c in chosen
+              if c["cpu_ratio"] is None or c["cpu_ratio"] > 0.8]
+    return [
+        "mean at least the reference's on every task and budget: "
+        + ("yes" if not behind else "no, behind on " + ", ".join(behind)),
+        f"ahead by at least 1 point at budget 0.25 on at least two tasks: {'yes' if len(ahead) >= 2 else 'no'} "
+        f"({', '.join(ahead) or 'none'})",
+        "at most 0.8× the reference's CPU time: " + ("yes" if not costly else "no: " + ", ".join(costly)),
+    ]
+
+
+def default_table(chosen: Sequence[dict[str, Any]]) -> str:
+    """RankDyna at its default length against the reference, one row per task and budget, and the expectations."""
+    rows = [f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
+            + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | {c['ahead']} of "
+            f"{len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio_text(c)} |" for c in chosen]
+    return "\n\n".join([
+        f"### RankDyna at its default length against {chosen[0]['reference']}",
+        "The rows of the table above where RankDyna trains as `rankdyna compress` does by default "
+        f"(`peft_rankdyna/jobs/length.py`: {default_epochs(replaces_two_rounds=True)} epochs, learning rate, sequence "
+        "length and step cap at their defaults; the training set as the grid ran it, SST-2's first 8,000 examples "
+        "where it says so), with issue #21's expectations of the default checked on them.",
+        "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
+                   "|---|---|---|---|---|---|---|---|", *rows]),
+        "\n".join(f"- {line}" for line in expectations(chosen)),
     ])
 
 
@@ -363,9 +434,10 @@ def write_summary(args: argparse.Namespace, command: str) -> str:
     require_one_device(runs)
     rows = group_runs(runs, warnings)
     comparisons = paired_comparisons(rows)
-    text = markdown(rows, runs, args, command, warnings, comparisons)
-    save_summary(args.out, text, {"rows": rows, "comparisons": comparisons, "warnings": warnings,
-                                  "notes": args.note, "command": command},
+    default = at_default_length(comparisons)
+    text = markdown(rows, runs, args, command, warnings, comparisons, default)
+    save_summary(args.out, text, {"rows": rows, "comparisons": comparisons, "default_length": default,
+                                  "warnings": warnings, "notes": args.note, "command": command},
                  lambda path: plot_cost_quality(rows, path))
     return text
 

@@ -162,6 +162,8 @@ def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, t
     from peft_rankdyna.config import RankDynaConfig
     from peft_rankdyna.jobs.checkpoints import NOT_COMPARED
     from peft_rankdyna.jobs.cli import build_parser, compress_settings
+    from peft_rankdyna.jobs.length import with_default_length
+    from peft_rankdyna.jobs.objectives import get_objective
     from peft_rankdyna.jobs.settings import CompressSettings
 
     def flat(settings: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +173,9 @@ def changed_settings(command: list[str], results: dict[str, Any]) -> dict[str, t
     declared = {f.name: f.default for f in dataclasses.fields(CompressSettings) if f.name != "rankdyna"}
     declared.update({f"rankdyna.{f.name}": f.default for f in dataclasses.fields(RankDynaConfig)})
     declared = json.loads(json.dumps(declared, default=str))  # as a record holds them (tuples as lists)
-    now = flat(json.loads(json.dumps(dataclasses.asdict(compress_settings(build_parser().parse_args(command[1:]))))))
+    settings = compress_settings(build_parser().parse_args(command[1:]))
+    settings = with_default_length(settings, get_objective(settings.objective).first_round)  # as the job resolves it
+    now = flat(json.loads(json.dumps(dataclasses.asdict(settings))))
     then = {**declared, **flat(results["settings"])}
     return {key: (then.get(key), value) for key, value in now.items()
             if key not in NOT_COMPARED and then.get(key) != value}

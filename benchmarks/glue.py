@@ -81,6 +81,8 @@ class Cell:
     max_seq_length: int
     max_train_samples: Optional[int]
     max_steps: int
+    # A two-round cell's first round (dense fine-tuning) at another learning rate than its second (issue #21 §4).
+    first_round_lr: Optional[float] = None
 
     @property
     def key(self) -> str:
@@ -90,18 +92,25 @@ class Cell:
 
     @property
     def portable(self) -> dict[str, Any]:
-        """The cell's settings as recorded, the model path written as ``$MODEL``."""
-        return {**asdict(self), "model": "$MODEL"}
+        """The cell's settings as recorded, the model path written as ``$MODEL``; ``first_round_lr`` only where
+        it is set, so the cells recorded before it existed keep their keys."""
+        fields_ = {**asdict(self), "model": "$MODEL"}
+        if self.first_round_lr is None:
+            del fields_["first_round_lr"]
+        return fields_
 
     @property
     def name(self) -> str:
         budget = "dense" if self.budget is None else f"{self.budget:g}"
-        return f"{self.task}-{self.method}-{budget}-s{self.seed}-lr{self.learning_rate:g}"
+        first = "" if self.first_round_lr is None else f"-r1lr{self.first_round_lr:g}"
+        return f"{self.task}-{self.method}-{budget}-s{self.seed}-lr{self.learning_rate:g}{first}"
 
     @property
     def dense(self) -> Cell:
-        """The dense fine-tuning cell with the same settings: round 1 of the two-round baselines."""
-        return replace(self, method="dense", budget=None)
+        """The dense fine-tuning cell with the same settings: round 1 of the two-round baselines (at
+        ``first_round_lr`` where it is set)."""
+        return replace(self, method="dense", budget=None, learning_rate=self.first_round_lr or self.learning_rate,
+                       first_round_lr=None)
 
     def command(self, output_dir: str, glue_dir: Optional[str], finetuned: Optional[str] = None) -> list[str]:
         """The `rankdyna compress` command line of this cell (starting from ``finetuned``: round 2 only)."""
@@ -125,12 +134,20 @@ def grid(args: argparse.Namespace) -> Iterator[Cell]:
     seeds of the first tasks and, within a task, every method at the first budgets."""
     samples = dict(args.max_train_samples)
     compressed = [method for method in args.methods if method != "dense"]
+    first_lr = getattr(args, "first_round_lr", None)
+    seen: set[str] = set()
     for seed, task, lr in itertools.product(args.seeds, args.tasks, args.lrs):
         pairs = [("dense", None)] if "dense" in args.methods else []
         pairs += [(method, budget) for budget in args.budgets for method in compressed]
         for method, budget in pairs:
-            yield Cell(args.model, task, method, budget, seed, lr, args.epochs, args.max_seq_length,
-                       samples.get(task), args.max_steps)
+            two_rounds = method in TWO_ROUND_METHODS and first_lr is not None and first_lr != lr
+            cell = Cell(args.model, task, method, budget, seed, lr, args.epochs, args.max_seq_length,
+                        samples.get(task), args.max_steps, first_lr if two_rounds else None)
+            # A first round at another learning rate is a dense cell of its own: run it (once) before its users.
+            for needed in ([cell.dense] if two_rounds else []) + [cell]:
+                if needed.key not in seen:
+                    seen.add(needed.key)
+                    yield needed
 
 
 def _task_count(text: str) -> tuple[str, int]:
@@ -261,6 +278,8 @@ def run_grid(args: argparse.Namespace) -> int:
 
     A two-round cell waits for its dense cell when that is still to run, so it can start from it.
     """
+    if args.no_reuse and args.first_round_lr is not None:
+        raise SystemExit("--first-round-lr trains the first round as a dense cell of its own; drop --no-reuse.")
     cells = list(grid(args))
     done = {record["key"]: record for record in read_lines(args.runs)}
     todo = [cell for cell in cells if cell.key not in done]
@@ -274,6 +293,12 @@ def run_grid(args: argparse.Namespace) -> int:
                 todo.remove(cell)
                 started += 1
                 reuse = None if args.no_reuse else first_round(cell, done, args.work_dir)
+                if reuse is None and cell.first_round_lr is not None:  # one process cannot train two learning rates
+                    failures += 1
+                    print(f"{cell.name}: not run: its first round ({cell.dense.name}) is not recorded as finished "
+                          f"in {args.runs}, or its finetuned/ folder is gone from {args.work_dir} (both rounds in one "
+                          "process would train at one learning rate).", file=sys.stderr, flush=True)
+                    continue
                 print(f"[{started}/{started + len(todo)}] {cell.name}"
                       + (" (round 1 from the dense run)" if reuse else "") + " ...", flush=True)
                 future = pool.submit(run_cell, cell, args.work_dir, args.glue_dir, reuse and reuse["folder"],
@@ -588,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     run.add_argument("--lrs", nargs="+", type=float, default=[5e-5],
                      help="learning rates (all methods; the summary gives each its own rows, choosing none)")
+    run.add_argument("--first-round-lr", type=float, default=None,
+                     help="svd/fwsvd: train the first round (dense fine-tuning) at this learning rate and only the "
+                     "second at --lrs (issue #21 §4; default: both rounds at --lrs)")
     run.add_argument("--epochs", type=float, default=3.0)
     run.add_argument("--max-seq-length", type=int, default=128)
     run.add_argument("--max-steps", type=int, default=-1, help="cap on optimizer steps per round (smoke runs)")

@@ -27,9 +27,10 @@ def command_of(settings: dict[str, Any]) -> str:
     parts = ["rankdyna", "compress", "--model", settings["model"], "--task", settings["task"]]
     parts += ["--dense"] if settings["budget"] is None else ["--budget", str(settings["budget"])]
     parts += ["--output", settings["output_dir"]]
-    defaults = {"epochs": 3.0, "learning_rate": 5e-5, "batch_size": 16, "max_seq_length": 128, "seed": 42}
-    flags = {"epochs": "--epochs", "learning_rate": "--lr", "batch_size": "--batch-size",
-             "max_seq_length": "--max-seq-length", "seed": "--seed"}
+    parts += ["--epochs", f"{settings['epochs']:g}"]  # always: the default length has changed (issue #21)
+    defaults = {"learning_rate": 5e-5, "batch_size": 16, "max_seq_length": 128, "seed": 42}
+    flags = {"learning_rate": "--lr", "batch_size": "--batch-size", "max_seq_length": "--max-seq-length",
+             "seed": "--seed"}
     for key, flag in flags.items():
         if settings[key] != defaults[key]:
             parts += [flag, str(settings[key])]

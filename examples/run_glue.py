@@ -22,6 +22,7 @@ from peft_rankdyna import RankDynaCallback, RankDynaConfig
 from peft_rankdyna.jobs.data.files import load_files
 from peft_rankdyna.jobs.data.glue import get_task, load_glue
 from peft_rankdyna.jobs.data.labelled import TokenizedSplit, compute_metrics
+from peft_rankdyna.jobs.length import default_epochs
 from peft_rankdyna.loading import load_tokenizer
 from peft_rankdyna.jobs.objectives.classification import load_classifier
 
@@ -36,7 +37,8 @@ def main() -> None:
     parser.add_argument("--label-column", default=None, help="label column (default: label)")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of target-matrix parameters to keep")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="default: 6, rankdyna compress's length for one RankDyna round")
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -53,6 +55,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     train = TokenizedSplit(tokenizer, train_split, max_length=128, limit=args.max_train_samples)
     dev = TokenizedSplit(tokenizer, dev_split, max_length=128)
+    epochs = default_epochs(replaces_two_rounds=True) if args.epochs is None else args.epochs
 
     # 1. Rewrite the target Linears as SVD factors of their pre-trained weights.
     config = RankDynaConfig(target_budget=args.budget, task_type="SEQ_CLS")
@@ -62,7 +65,7 @@ def main() -> None:
     # 2. Fine-tune; the callback re-estimates importance and re-allocates the budget as training goes.
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(args.output, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        args=TrainingArguments(args.output, num_train_epochs=epochs, max_steps=args.max_steps,
                                learning_rate=args.lr, per_device_train_batch_size=16, seed=args.seed,
                                report_to=[], use_cpu=not torch.cuda.is_available()),
         train_dataset=train,

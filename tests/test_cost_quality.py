@@ -167,3 +167,57 @@ def test_the_cpu_ratio_and_its_marks_come_from_the_paired_seeds_alone(tmp_path):
     records[3]["parallel"] = 1
     assert cost_quality.main(["--runs", _write(tmp_path / "c.jsonl", records), "--out", out]) == 0
     assert "| 0.80× ? |" in open(out + ".md", encoding="utf-8").read()
+
+
+
+def test_the_default_length_table_takes_the_default_rounds_and_checks_the_expectations(tmp_path):
+    fwsvd = {"first_round": {"key": "k", "command": "c"}}
+    records = [
+        # MRPC: 3 epochs behind FWSVD + FT, 6 epochs (the default) ahead by 2 points at 0.6x its CPU time.
+        *(_record("mrpc", "fwsvd", 0.25, seed, 0.75, cpu=1000.0, **fwsvd) for seed in (1, 2)),
+        *(_record("mrpc", "rankdyna", 0.25, seed, 0.73, cpu=300.0) for seed in (1, 2)),
+        *(_record("mrpc", "rankdyna", 0.25, seed, 0.77, epochs=6.0, cpu=600.0) for seed in (1, 2)),
+        # CoLA: 6 epochs ahead by half a point at 0.9x the CPU time.
+        *(_record("cola", "fwsvd", 0.25, seed, 0.20, cpu=1000.0, **fwsvd) for seed in (1, 2)),
+        *(_record("cola", "rankdyna", 0.25, seed, 0.205, epochs=6.0, cpu=900.0) for seed in (1, 2)),
+    ]
+    other_lr = _record("mrpc", "rankdyna", 0.25, 1, 0.99, epochs=6.0)  # not the default learning rate: left out
+    other_lr["cell"]["learning_rate"] = 1e-4
+    other_lr["key"] = json.dumps(other_lr["cell"], sort_keys=True)
+    runs = _write(tmp_path / "runs.jsonl", [*records, other_lr])
+    out = str(tmp_path / "cq")
+    assert cost_quality.main(["--runs", runs, "--out", out]) == 0
+    chosen = json.load(open(out + ".json", encoding="utf-8"))["default_length"]
+    assert [(c["task"], c["length"], c["setting"]["learning_rate"]) for c in chosen] == [
+        ("cola", "6 ep", 5e-5), ("mrpc", "6 ep", 5e-5)]
+    assert [round(c["mean_delta"], 4) for c in chosen] == [0.005, 0.02]
+    text = open(out + ".md", encoding="utf-8").read()
+    assert "- mean at least the reference's on every task and budget: yes" in text
+    assert "- ahead by at least 1 point at budget 0.25 on at least two tasks: no (mrpc)" in text
+    assert "- at most 0.8× the reference's CPU time: no: cola 0.25 (0.90×)" in text
+    three = _write(tmp_path / "three.jsonl", [r for r in records if r["cell"]["epochs"] == 3.0])
+    assert cost_quality.main(["--runs", three, "--out", out]) == 0  # no default-length round: said so
+    assert "No RankDyna setting here trains at its default length." in open(out + ".md", encoding="utf-8").read()
+
+
+def test_rankdyna_at_another_learning_rate_pairs_with_the_references_second_round_at_it(tmp_path):
+    def at_lr(record, lr, first_round_lr=None):
+        record["cell"]["learning_rate"] = lr
+        if first_round_lr is not None:
+            record["cell"]["first_round_lr"] = first_round_lr
+        record["key"] = json.dumps(record["cell"], sort_keys=True)
+        return record
+
+    fwsvd = {"first_round": {"key": "k", "command": "c"}}
+    records = [at_lr(_record("mrpc", "fwsvd", 0.25, 1, 0.70, **fwsvd), 1e-4, 5e-5),
+               at_lr(_record("mrpc", "rankdyna", 0.25, 1, 0.75), 1e-4),
+               _record("mrpc", "fwsvd", 0.25, 1, 0.72, **fwsvd), _record("mrpc", "rankdyna", 0.25, 1, 0.71)]
+    rows = cost_quality.group_runs([{**r, "file": "f"} for r in records], [])
+    pairs = {(c["setting"]["learning_rate"], round(c["mean_delta"], 4)) for c in cost_quality.paired_comparisons(rows)}
+    assert pairs == {(1e-4, 0.05), (5e-5, -0.01)}
+    labels = {c["setting"]["learning_rate"]: c["reference"] for c in cost_quality.paired_comparisons(rows)}
+    assert labels == {1e-4: "FWSVD + FT 3 + 3 ep, first round at lr 5e-05", 5e-5: "FWSVD + FT 3 + 3 ep"}
+    both_rounds = at_lr(_record("mrpc", "fwsvd", 0.25, 1, 0.60, **fwsvd), 1e-4)  # both rounds at 1e-4: ambiguous
+    rows = cost_quality.group_runs([{**r, "file": "f"} for r in [*records, both_rounds]], [])
+    with pytest.raises(SystemExit, match="differ only in their first round's learning rate"):
+        cost_quality.paired_comparisons(rows)

@@ -222,3 +222,34 @@ def test_parallel_takes_a_whole_number_of_at_least_one(parallel, capsys):
     with pytest.raises(SystemExit) as exit_info:
         glue.main(["run", "--model", "m", "--parallel", parallel])
     assert exit_info.value.code == 2 and f"expected a whole number of at least 1, got {parallel!r}" in capsys.readouterr().err
+
+
+def test_a_first_round_at_another_learning_rate_is_its_own_dense_cell():
+    args = argparse.Namespace(model="m", tasks=["mrpc"], methods=["fwsvd", "rankdyna"], budgets=[0.25], seeds=[1],
+                              lrs=[1e-4, 2e-5], epochs=3.0, max_seq_length=128, max_train_samples=[], max_steps=-1,
+                              first_round_lr=5e-5)
+    cells = list(glue.grid(args))
+    assert [(c.method, c.learning_rate, c.first_round_lr) for c in cells] == [
+        ("dense", 5e-5, None), ("fwsvd", 1e-4, 5e-5), ("rankdyna", 1e-4, None),  # the dense cell once, first
+        ("fwsvd", 2e-5, 5e-5), ("rankdyna", 2e-5, None)]
+    fwsvd = cells[1]
+    assert fwsvd.dense == cells[0] and fwsvd.name == "mrpc-fwsvd-0.25-s1-lr0.0001-r1lr5e-05"
+    assert fwsvd.portable["first_round_lr"] == 5e-5
+    assert "first_round_lr" not in cells[2].portable  # cells without it keep the keys they were recorded with
+    assert cells[2].key == glue.Cell("m", "mrpc", "rankdyna", 0.25, 1, 1e-4, 3.0, 128, None, -1).key
+
+
+def test_the_grid_trains_the_second_round_alone_at_its_learning_rate(tmp_path, tiny_glue_model, glue_dir):
+    runs = str(tmp_path / "runs.jsonl")
+    common = ["run", "--model", tiny_glue_model, "--tasks", "mrpc", "--budgets", "0.5", "--seeds", "1",
+              "--max-steps", "2", "--max-seq-length", "32", "--max-train-samples", "mrpc=32", "--glue-dir", glue_dir,
+              "--work-dir", str(tmp_path / "work"), "--runs", runs, "--methods", "fwsvd", "--lrs", "1e-4",
+              "--first-round-lr", "5e-5"]
+    with pytest.raises(SystemExit, match="drop --no-reuse"):
+        glue.main([*common, "--no-reuse"])
+    assert glue.main(common) == 0
+    dense, fwsvd = sorted(glue.read_lines(runs), key=lambda r: r["cell"]["method"])
+    assert (dense["cell"]["learning_rate"], "first_round_lr" in dense["cell"]) == (5e-5, False)
+    assert (fwsvd["cell"]["learning_rate"], fwsvd["cell"]["first_round_lr"]) == (1e-4, 5e-5)
+    assert "--lr 0.0001" in fwsvd["command"] and "--finetuned-model" in fwsvd["command"]
+    assert fwsvd["first_round"]["key"] == dense["key"] and "--lr 5e-05" in dense["command"]

@@ -391,3 +391,32 @@ def test_committed_results_name_no_path_of_the_machine_they_ran_on():
                 text = open(os.path.join(folder, file), encoding="utf-8").read()
                 offenders += [f"{file}: {m}" for m in re.findall(r"(?:/work|/tmp|/root|/home)/[^\s\"']+", text)[:1]]
     assert not offenders, offenders
+
+
+def test_the_readme_headline_table_is_the_cost_quality_summary():
+    """Every cell of the README's GLUE table is a row of cost_quality.json (mean ± std over its seeds, the seeds
+    named where they are not 42–44), and the row marked the default is the length `rankdyna compress` trains."""
+    from peft_rankdyna.jobs.length import default_epochs
+
+    summary = json.load(open(os.path.join(RESULTS, "cost_quality.json"), encoding="utf-8"))
+    methods = {"dense fine-tuning (3 ep)": ("dense", 3.0), "dense fine-tuning (6 ep)": ("dense", 6.0),
+               "SVD + FT (3 + 3 ep)": ("svd", 3.0), "FWSVD + FT (3 + 3 ep)": ("fwsvd", 3.0),
+               "RankDyna (3 ep, the earlier default)": ("rankdyna", 3.0),
+               "RankDyna (6 ep, the default)": ("rankdyna", float(default_epochs(replaces_two_rounds=True)))}
+    tasks = {"MRPC accuracy": "mrpc", "CoLA Matthews": "cola", "SST-2 accuracy": "sst2"}
+    (table,) = [body for _, header, body in _tables(_pages()["README.md"]) if header[2:] == list(tasks)]
+    for cells in table:
+        method, epochs = methods[_plain(cells[1])]
+        budget = None if cells[0] == "—" else float(cells[0])
+        for task, stated in zip(tasks.values(), map(_plain, cells[2:])):
+            rows = [r for r in summary["rows"] if (r["task"], r["method"], r["budget"], r["setting"]["epochs"],
+                                                   r["setting"]["learning_rate"]) == (task, method, budget, epochs, 5e-5)]
+            if stated == "—":
+                assert not rows, (cells[:2], task)
+                continue
+            (row,) = rows
+            text = f"{row['mean']:.4f}" + ("" if row["std"] is None else f" ± {row['std']:.4f}")
+            assert stated.startswith(text), (cells[:2], task, stated, text)
+            if row["seeds"] != [42, 43, 44]:  # fewer seeds: said in the cell
+                assert ", ".join(map(str, row["seeds"])) in stated, (cells[:2], task, stated)
+    assert len(table) == 10

@@ -82,7 +82,10 @@ def _add_compress(subparsers: argparse._SubParsersAction) -> None:
                         help="baselines only: skip the first round and start from this model, already fine-tuned "
                         "on the task with the same settings (the finetuned/ folder of a --dense run)")
     parser.add_argument("--glue-dir", default=None, help="GLUE root in the official TSV layout (default $GLUE_DIR)")
-    parser.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="training epochs (default: 6 for one RankDyna round, as many steps as the two rounds "
+                        "of the baselines; 3 for --dense and each round of the baselines; --epochs 3 gives the "
+                        "earlier RankDyna default)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
     parser.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
@@ -155,7 +158,8 @@ def _run_compress(args: argparse.Namespace) -> None:
 
 
 def compress_settings(args: argparse.Namespace) -> CompressSettings:
-    """The settings a parsed ``rankdyna compress`` command line runs with (its defaults resolved)."""
+    """The settings a parsed ``rankdyna compress`` command line runs with: its defaults resolved but for the
+    length, ``epochs=None`` without ``--epochs``, which the job resolves (:mod:`peft_rankdyna.jobs.length`)."""
     from .settings import CompressSettings
 
     return CompressSettings(

@@ -13,7 +13,10 @@ def format_results(results: dict[str, Any]) -> str:
     method = "dense fine-tuning" if settings["budget"] is None else (
         f"{names[settings.get('method', 'rankdyna')]}, budget {settings['budget']:g}")
     data = settings.get("validation_texts") or settings.get("texts") or settings.get("validation_file") or settings["task"]
-    lines = [f"{data} dev ({method}, {results['train_steps']} steps):"]
+    # With a step cap the steps say how long it trained, not the epochs.
+    epochs = settings.get("epochs") if settings.get("max_steps", -1) <= 0 else None
+    length = "" if epochs is None else f"{epochs:g} epochs, "
+    lines = [f"{data} dev ({method}, {length}{results['train_steps']} steps):"]
     lines += [f"  {name:<22}{value:.4f}" for name, value in results["metrics"].items()]
     if results.get("collapse", {}).get("collapsed"):
         lines.append(f"  WARNING: {results['collapse']['message']}. These numbers are not a result; see the "

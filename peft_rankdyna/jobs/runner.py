@@ -42,6 +42,7 @@ from ..loading import load_tokenizer, require_model_folder
 from ..targets import default_target_names
 from ..trainer import CrashSafeTrainer, RankDynaTrainer
 from .checkpoints import checkpoint_step, prepare_checkpoints, remove_checkpoints, resume_point
+from .length import with_default_length
 from .objectives import Objective, get_objective
 from .progress import ProgressScores
 from .saving import draw_curve, draw_history, draw_ranks, save_compact, save_finetuned, save_training_record, write_report
@@ -58,7 +59,9 @@ def compress(settings: CompressSettings, callbacks: Sequence[TrainerCallback] = 
     """
     start = time.perf_counter()
     set_seed(settings.seed)
-    objective = get_objective(settings.objective)(settings)
+    objective_class = get_objective(settings.objective)
+    settings = with_default_length(settings, objective_class.first_round)
+    objective = objective_class(settings)
     config = checked_config(settings, objective)  # cheap checks first, then the data: all before any model is loaded
     prepare_checkpoints(settings, objective, config)
     objective.read_data()

@@ -52,13 +52,18 @@ class CompressSettings:
     anything but these three and the progress output); both need a job that trains one round (dense,
     RankDyna, or a baseline without a first round or given ``finetuned_model``) without self-distillation
     (:mod:`peft_rankdyna.jobs.checkpoints`). The checkpoints are removed once the results are written.
+    ``epochs=None`` (the default) is resolved when the job starts (:mod:`peft_rankdyna.jobs.length`): one
+    RankDyna round on an objective whose baselines train two rounds (classification) trains 6 epochs, as
+    many steps as those two rounds; everything else trains 3 (dense fine-tuning, each round of the
+    baselines, and RankDyna on the objectives whose baselines train one); ``epochs=3`` gives the earlier
+    RankDyna default.
     """
 
     model: str
     task: Optional[str]
     output_dir: str
     budget: Optional[float] = 0.5
-    epochs: float = 3.0
+    epochs: Optional[float] = None
     learning_rate: float = 5e-5
     batch_size: int = 16
     max_seq_length: int = 128
@@ -120,6 +125,9 @@ class CompressSettings:
                              "method 'rankdyna' and a budget.")
         for name in ("eval_steps", "save_steps", "save_total_limit"):
             self._check_steps(name)
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
+                                            and 0 < self.epochs < float("inf")):
+            raise ValueError(f"epochs must be None (the default length) or a number > 0, got {self.epochs!r}.")
 
     def _check_steps(self, name: str) -> None:
         """A count of steps or checkpoints: None, or an int ≥ 1."""
