@@ -288,15 +288,19 @@ def reference_label(reference: dict[str, Any]) -> str:
             + ("" if first is None else f", first round at lr {first:g}"))
 
 
+def comparisons_markdown(comparisons: Sequence[dict[str, Any]]) -> str:
+    """Paired comparisons as the rows of one Markdown table, its header included."""
+    rows = [f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
+            + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | {c['ahead']} of "
+            f"{len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio_text(c)} |"
+            for c in comparisons]
+    return "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
+                      "|---|---|---|---|---|---|---|---|", *rows])
+
+
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     """The paired comparisons (at least one) as one Markdown table."""
     reference = comparisons[0]["reference"]
-    rows = []
-    for c in comparisons:
-        ratio = ratio_text(c)
-        rows.append(f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
-                    + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | "
-                    f"{c['ahead']} of {len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio} |")
     return "\n\n".join([
         f"### RankDyna against {reference}, seed by seed",
         f"Each RankDyna setting against {reference} of the same task, budget and other settings, over the "
@@ -305,8 +309,7 @@ def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
         "as a fraction of the reference's (‡: a paired run shared the machine; ?: a paired run did not record "
         "whether it did; ≠: a seed's two runs ran with different OMP_NUM_THREADS; in each case the ratio is not "
         "like for like).",
-        "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
-                   "|---|---|---|---|---|---|---|---|", *rows]),
+        comparisons_markdown(comparisons),
     ])
 
 
@@ -343,17 +346,13 @@ def expectations(chosen: Sequence[dict[str, Any]]) -> list[str]:
 
 def default_table(chosen: Sequence[dict[str, Any]]) -> str:
     """RankDyna at its default length against the reference, one row per task and budget, and the expectations."""
-    rows = [f"| {c['task']} | {c['budget']:g} | {c['length']} | {', '.join(map(str, c['seeds']))} | "
-            + ", ".join(f"{d:+.4f}" for d in c["deltas"]) + f" | {c['mean_delta']:+.4f} | {c['ahead']} of "
-            f"{len(c['seeds'])}" + (f" ({c['level']})" if c["level"] else "") + f" | {ratio_text(c)} |" for c in chosen]
     return "\n\n".join([
         f"### RankDyna at its default length against {chosen[0]['reference']}",
         "The rows of the table above where RankDyna trains as `rankdyna compress` does by default "
         f"(`peft_rankdyna/jobs/length.py`: {default_epochs(replaces_two_rounds=True)} epochs, learning rate, sequence "
         "length and step cap at their defaults; the training set as the grid ran it, SST-2's first 8,000 examples "
         "where it says so), with issue #21's expectations of the default checked on them.",
-        "\n".join(["| task | budget | RankDyna | seeds | Δ per seed | mean Δ | ahead (level) | CPU ratio |",
-                   "|---|---|---|---|---|---|---|---|", *rows]),
+        comparisons_markdown(chosen),
         "\n".join(f"- {line}" for line in expectations(chosen)),
     ])
 
