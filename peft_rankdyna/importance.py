@@ -30,12 +30,18 @@ def ema_update(
     beta2: float,
     active: torch.Tensor,
 ) -> None:
-    """Update one tensor's statistics in place, only where ``active`` (broadcastable) is True."""
-    instant = (param.detach().float() * grad.detach().float()).abs()
-    new_sensitivity = beta1 * sensitivity + (1.0 - beta1) * instant
-    new_uncertainty = beta2 * uncertainty + (1.0 - beta2) * (instant - new_sensitivity).abs()
-    sensitivity.copy_(torch.where(active, new_sensitivity, sensitivity))
-    uncertainty.copy_(torch.where(active, new_uncertainty, uncertainty))
+    """Update one tensor's statistics in place, only where ``active`` (broadcastable) is True.
+
+    Written as in-place multiplications by per-group factors (β and 1 − β where active, 1 and 0 where
+    not) rather than computing both new tensors and selecting: it runs on every step over every factor,
+    and this makes about 10 passes over the tensor with two temporaries instead of about 14 with ten.
+    The bits are those of the formulas above: x·β rounds as β·x does, and an inactive entry is x·1 + 0.
+    """
+    keep1, weight1 = torch.where(active, beta1, 1.0), torch.where(active, 1.0 - beta1, 0.0)
+    keep2, weight2 = torch.where(active, beta2, 1.0), torch.where(active, 1.0 - beta2, 0.0)
+    instant = (param.detach().float() * grad.detach().float()).abs_()
+    sensitivity.mul_(keep1).add_(instant * weight1)
+    uncertainty.mul_(keep2).add_(instant.sub_(sensitivity).abs_().mul_(weight2))
 
 
 class GroupImportance(nn.Module):

@@ -55,3 +55,28 @@ def test_several_updates_follow_the_ema_recursion_by_hand():
     torch.testing.assert_close(importance.sensitivity_s, sensitivity)
     torch.testing.assert_close(importance.uncertainty_s, uncertainty)
     assert float(uncertainty.min()) > 0  # the gradients differed, so the uncertainty is not zero
+
+
+def test_in_place_update_gives_the_bits_of_the_formulas_under_masks():
+    # ema_update is written as in-place products by per-group factors for speed; it must give exactly the
+    # bits of the formulas computed out of place, kept groups updated and masked ones left as they were.
+    generator = torch.Generator().manual_seed(0)
+    importance = GroupImportance(8, 16, 12)
+    expected = {name: torch.zeros_like(buffer) for name, buffer in importance.named_buffers()}
+    beta1, beta2 = 0.85, 0.7
+    for step in range(6):
+        params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((16, 8), (8,), (8, 12))]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+        active = torch.rand(8, generator=generator) < (1.0 if step < 2 else 0.5)
+        importance.update(*params, active, beta1, beta2)
+        for factor, p, where in zip(("U", "s", "Vt"), params, (active[None, :], active, active[:, None])):
+            instant = (p * p.grad).abs().detach()
+            old_s, old_u = expected[f"sensitivity_{factor}"], expected[f"uncertainty_{factor}"]
+            new_s = beta1 * old_s + (1 - beta1) * instant
+            new_u = beta2 * old_u + (1 - beta2) * (instant - new_s).abs()
+            expected[f"sensitivity_{factor}"] = torch.where(where, new_s, old_s)
+            expected[f"uncertainty_{factor}"] = torch.where(where, new_u, old_u)
+    for name, buffer in importance.named_buffers():
+        assert torch.equal(buffer, expected[name]), name
+    assert bool((~active).any()) and bool((expected["sensitivity_s"] > 0).all())  # masks and updates exercised

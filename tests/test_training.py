@@ -50,6 +50,24 @@ def test_non_finite_gradients_are_skipped():
     assert float(layer.group_scores().abs().sum()) == 0.0
 
 
+def test_the_finiteness_check_is_exact_even_where_a_sum_overflows():
+    from peft_rankdyna.controller import gradients_finite
+
+    layer = next(iter(wrapped_model(total_step=10).base_model.rankdyna_layers().values()))
+    grad = torch.zeros_like(layer.factor_parameters()[0])
+    layer.factor_parameters()[0].grad = grad
+    assert gradients_finite([layer])
+    grad.fill_(3e38)  # finite elements whose sum overflows: must not be taken for an overflowed step
+    assert gradients_finite([layer])
+    for poison in (float("inf"), float("nan")):
+        grad.zero_()
+        grad[0, 0] = poison
+        assert not gradients_finite([layer])
+    grad.zero_()
+    grad[0, 0], grad[1, 0] = float("inf"), -float("inf")
+    assert not gradients_finite([layer])
+
+
 def _loop_with_poisoned_step(model, steps, poisoned):
     """:func:`custom_loop`, but the gradients of optimizer step ``poisoned`` are NaN (as after an overflow)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
