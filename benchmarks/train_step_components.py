@@ -2,7 +2,8 @@
 
     python benchmarks/train_step_components.py --model $MODEL --out benchmarks/results/train_step_components
 
-The model is ``train_step.build``'s (every matrix keeping ``--kept`` of its singular groups, masked
+On the CPU (nothing waits for a GPU's queue, so its times would mean nothing there). The model is
+``train_step.build``'s (every matrix keeping ``--kept`` of its singular groups, masked
 groups out of the products, as training does). Per step, timed apart: forward and backward on one
 batch of random token ids (batch × seq, no padding); ``update_and_allocate``, RankDyna's bookkeeping
 after each optimizer step (the finiteness check of the gradients and the importance EMAs of every

@@ -125,15 +125,15 @@ def scores_and_shapes(
 def gradients_finite(layers: object) -> bool:
     """Whether every factor gradient is finite, read with one device synchronisation for all of them.
 
-    It runs on every step, so it first sums each gradient (one vectorised read; about a tenth of the time of
-    ``isfinite(g).all()`` on the CPU): a finite sum means finite elements, since an infinite or NaN element
-    makes the sum infinite or NaN. Only a non-finite sum, which a finite gradient can also give by
-    overflowing, is checked element by element.
+    It runs on every step, so it first sums each gradient in fp32 (one vectorised read; about a tenth of the
+    time of ``isfinite(g).all()`` on the CPU): a finite sum means finite elements, since an infinite or NaN
+    element makes the sum infinite or NaN. Only a non-finite sum, which a finite gradient can also give by
+    overflowing, is checked element by element, at the cost of a second synchronisation.
     """
     grads = [p.grad for layer in layers for p in layer.factor_parameters() if p.grad is not None]
     if not grads:
         return True
-    if bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+    if bool(torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in grads])).all()):
         return True
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 

@@ -80,3 +80,40 @@ def test_in_place_update_gives_the_bits_of_the_formulas_under_masks():
     for name, buffer in importance.named_buffers():
         assert torch.equal(buffer, expected[name]), name
     assert bool((~active).any()) and bool((expected["sensitivity_s"] > 0).all())  # masks and updates exercised
+
+
+def test_masked_groups_keep_their_statistics_even_when_the_product_overflows():
+    importance = GroupImportance(2, 3, 2)
+    importance.sensitivity_s.copy_(torch.tensor([0.5, float("inf")]))
+    importance.uncertainty_U.fill_(0.25)
+    before = {name: buffer.clone() for name, buffer in importance.named_buffers()}
+    U, s, Vt = _factors_with_grads()
+    U.data[:, 1], U.grad[:, 1] = 1e30, 1e30  # param · grad overflows to inf in the masked group's column of U
+    importance.update(U, s, Vt, torch.tensor([True, False]), 0.85, 0.85)
+    for name, buffer in importance.named_buffers():
+        assert torch.equal(buffer[..., 1] if name.endswith(("_U", "_s")) else buffer[1], before[name][..., 1]
+                           if name.endswith(("_U", "_s")) else before[name][1]), name
+        assert not torch.equal(buffer, before[name]), name  # the kept group was updated
+
+
+def test_half_precision_factors_and_a_double_default_dtype_give_the_same_statistics():
+    # fp16 factors are multiplied in fp32; β is rounded to the statistics' dtype whatever the default dtype.
+    U, s, Vt = _factors_with_grads()
+    reference = GroupImportance(2, 3, 2)
+    reference.update(U, s, Vt, torch.tensor([True, False]), 0.85, 0.7)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        under_double = GroupImportance(2, 3, 2)  # fp32 buffers even so
+        under_double.update(U, s, Vt, torch.tensor([True, False]), 0.85, 0.7)
+    finally:
+        torch.set_default_dtype(default)
+    for (name, buffer), other in zip(reference.named_buffers(), under_double.buffers()):
+        assert other.dtype == torch.float32 and torch.equal(buffer, other), name
+    half = [torch.nn.Parameter(p.detach().half()) for p in (U, s, Vt)]
+    for p, full in zip(half, (U, s, Vt)):
+        p.grad = full.grad.half()
+    from_half = GroupImportance(2, 3, 2)
+    from_half.update(*half, torch.tensor([True, False]), 0.85, 0.7)
+    assert all(b.dtype == torch.float32 and bool(torch.isfinite(b).all()) for b in from_half.buffers())
+    torch.testing.assert_close(from_half.scores(), reference.scores(), rtol=1e-2, atol=0)
