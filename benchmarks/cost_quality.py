@@ -1,8 +1,11 @@
 """Quality per training cost: dev metric against whole-pipeline CPU time, one row per setting (issue #21).
 
-    python benchmarks/cost_quality.py --runs benchmarks/results/glue_runs.jsonl \
-        benchmarks/results/glue_runs_6ep.jsonl benchmarks/results/cost_quality_runs.jsonl \
-        --out benchmarks/results/cost_quality
+    python benchmarks/cost_quality.py --runs benchmarks/results/cost_quality_alone_runs.jsonl \
+        benchmarks/results/glue_runs.jsonl benchmarks/results/glue_runs_6ep.jsonl \
+        benchmarks/results/cost_quality_runs.jsonl --out benchmarks/results/cost_quality
+
+(``cost_quality_alone_runs.jsonl``, runs alone on the machine at a later commit, comes first: a cell recorded
+in two files keeps its first record, and the summary lists each record it left out.)
 
 Reads the JSON lines that ``benchmarks/glue.py run`` writes and puts one RankDyna round next to the
 two-round pipelines (dense fine-tuning, then SVD/FWSVD + FT) at the training cost each one paid: the

@@ -100,8 +100,13 @@ def markdown(results: list[dict[str, Any]], command: str, environment: dict[str,
     dense = results[0]["median_step_s"]
     lines = ["| variant | median s/step | vs dense |", "|---|---|---|"]
     lines += [f"| {r['variant']} | {r['median_step_s']:.3f} | {r['median_step_s'] / dense:.2f} |" for r in results]
-    return "\n".join(["# Training-step time: RankDyna by kept rank vs dense", "", *lines, "",
-                      f"Command: `{command}`", "", f"Environment: {json.dumps(environment)}", ""])
+    return page("Training-step time: RankDyna by kept rank vs dense", lines, command, environment)
+
+
+def page(title: str, lines: list[str], command: str, environment: dict[str, Any]) -> str:
+    """A result page: the title, the table's lines, the command and the environment."""
+    return "\n".join([f"# {title}", "", *lines, "", f"Command: `{command}`", "",
+                      f"Environment: {json.dumps(environment)}", ""])
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -121,19 +126,28 @@ def main(argv: list[str] | None = None) -> str:
     results = measure(args)
     command = "python benchmarks/train_step.py " + portable_command(sys.argv[1:] if argv is None else argv,
                                                                     {args.model: "$MODEL", args.out: "$OUT"})
-    environment = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "python": sys.version.split()[0], "device": args.device}
+    environment = machine_environment() | {"device": args.device}
     if args.device == "cuda":
         environment["gpu"] = torch.cuda.get_device_name(0)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"command": command, "environment": environment, "settings": vars(args), "results": results},
-                  handle, indent=1)
     text = markdown(results, command, environment)
-    with open(args.out + ".md", "w", encoding="utf-8") as handle:
+    save(args.out, {"command": command, "environment": environment, "settings": vars(args), "results": results}, text)
+    return text
+
+
+def machine_environment() -> dict[str, Any]:
+    """What the timings depend on: machine, CPU count, torch, its threads, Python."""
+    return {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+
+
+def save(out: str, record: dict[str, Any], text: str) -> None:
+    """Write ``OUT.json`` (``record``) and ``OUT.md`` (``text``), and print the table."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
+    with open(out + ".md", "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
-    return text
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ change and one after can be told apart (run them one after the other on an idle 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from transformers import AutoConfig
 
 import peft_rankdyna
 from peft_rankdyna.io import portable_command
-from train_step import build
+from train_step import build, machine_environment, page, save
 
 COMPONENTS = ("forward + backward", "update_and_allocate", "optimizer step")
 
@@ -104,8 +102,7 @@ def markdown(results: list[dict[str, Any]], command: str, environment: dict[str,
         step = sum(medians.values())
         cells = " | ".join(f"{medians[name]:.3f} ({medians[name] / step:.0%})" for name in COMPONENTS)
         lines.append(f"| {result['seq_len']} | {cells} | {step:.3f} |")
-    return "\n".join(["# Training-step components: RankDyna", "", *lines, "",
-                      f"Command: `{command}`", "", f"Environment: {json.dumps(environment)}", ""])
+    return page("Training-step components: RankDyna", lines, command, environment)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -124,18 +121,10 @@ def main(argv: list[str] | None = None) -> str:
     results = measure(args)
     command = "python benchmarks/train_step_components.py " + portable_command(
         sys.argv[1:] if argv is None else argv, {args.model: "$MODEL", args.out: "$OUT"})
-    environment = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "python": sys.version.split()[0],
-                   "peft_rankdyna_commit": package_commit()}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w", encoding="utf-8") as handle:
-        settings = vars(args) | {"model": "$MODEL", "out": "$OUT"}  # the command names them the same way
-        json.dump({"command": command, "environment": environment, "settings": settings, "results": results},
-                  handle, indent=1)
+    environment = machine_environment() | {"peft_rankdyna_commit": package_commit()}
+    settings = vars(args) | {"model": "$MODEL", "out": "$OUT"}  # the command names them the same way
     text = markdown(results, command, environment)
-    with open(args.out + ".md", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    print(text)
+    save(args.out, {"command": command, "environment": environment, "settings": settings, "results": results}, text)
     return text
 
 
