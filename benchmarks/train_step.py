@@ -53,6 +53,15 @@ def masked_product_factors(layer: RankDynaLayer) -> tuple[torch.Tensor, torch.Te
     return U, s * scale * layer.mask.to(s.dtype), Vt
 
 
+def random_batch(model_path: str, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A labelled batch of random token ids, unpadded, drawn from ``generator``."""
+    vocab = AutoConfig.from_pretrained(model_path).vocab_size  # ids from the middle of the vocabulary, as text has
+    return {"input_ids": torch.randint(min(1000, vocab // 2), min(20000, vocab), (batch_size, seq_len),
+                                       generator=generator),
+            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch_size,), generator=generator)}
+
+
 def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                steps: int) -> float:
     """Mean seconds per training step over ``steps`` steps (the device's queue drained before and after)."""
@@ -72,12 +81,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     variants = [("dense", None, False)]
     for kept in args.kept:
         variants += [(f"RankDyna, kept {kept:g}", kept, False), (f"RankDyna, kept {kept:g}, masked product", kept, True)]
-    generator = torch.Generator().manual_seed(0)
-    vocab = AutoConfig.from_pretrained(args.model).vocab_size  # ids from the middle of the vocabulary, as text has
-    batch = {"input_ids": torch.randint(min(1000, vocab // 2), min(20000, vocab), (args.batch_size, args.seq_len),
-                                        generator=generator),
-             "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
-             "labels": torch.randint(0, 2, (args.batch_size,), generator=generator)}
+    batch = random_batch(args.model, args.batch_size, args.seq_len, torch.Generator().manual_seed(0))
     batch = {name: value.to(args.device) for name, value in batch.items()}
     runs = []
     for name, kept, masked_product in variants:

@@ -25,11 +25,10 @@ import time
 from typing import Any, Callable
 
 import torch
-from transformers import AutoConfig
 
 import peft_rankdyna
 from peft_rankdyna.io import portable_command
-from train_step import build, machine_environment, page, save
+from train_step import build, machine_environment, page, random_batch, save
 
 COMPONENTS = ("forward + backward", "update_and_allocate", "optimizer step")
 
@@ -67,14 +66,10 @@ def time_components(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per-sequence-length component times of every round, rounds interleaved across lengths."""
     generator = torch.Generator().manual_seed(0)
-    vocab = AutoConfig.from_pretrained(args.model).vocab_size  # ids from the middle of the vocabulary, as text has
     runs = []
     for seq_len in args.seq_lens:
         model = build(args.model, args.kept).train()
-        batch = {"input_ids": torch.randint(min(1000, vocab // 2), min(20000, vocab), (args.batch_size, seq_len),
-                                            generator=generator),
-                 "attention_mask": torch.ones(args.batch_size, seq_len, dtype=torch.long),
-                 "labels": torch.randint(0, 2, (args.batch_size,), generator=generator)}
+        batch = random_batch(args.model, args.batch_size, seq_len, generator)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         time_components(model, optimizer, batch, args.warmup, 0)
         runs.append({"seq_len": seq_len, "model": model, "optimizer": optimizer, "batch": batch,
