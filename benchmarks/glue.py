@@ -21,6 +21,7 @@ spare, ``--parallel N`` runs N cells at once (their times then share the machine
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import json
 import os
@@ -229,9 +230,36 @@ def run_cell(cell: Cell, work_dir: str, glue_dir: Optional[str], finetuned: Opti
         "device": results["device"], "parallel": parallel,
         "collapsed": results["collapse"]["collapsed"],
         "threads": os.environ.get("OMP_NUM_THREADS"), "host": platform.node(), "cpus": os.cpu_count(),
-        "commit": commit,
+        **software_and_hardware(), "commit": commit,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def software_and_hardware() -> dict[str, Any]:
+    """The CPU model and the versions of the packages a run's numbers depend on.
+
+    The same commit and seed give another trajectory on another CPU model or BLAS (the kernels round
+    differently), so a record that cannot be reproduced says where it ran.
+    """
+    versions = {}
+    for package in ("torch", "transformers", "accelerate", "peft"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu_model": cpu_model(), "packages": versions}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``, else "unknown"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or "unknown"
 
 
 def git_commit() -> str:
@@ -561,8 +589,8 @@ def write_summary(args: argparse.Namespace) -> str:
         raise SystemExit(f"{args.runs} holds runs trained on {' and '.join(devices)}; keep one JSON lines file "
                          "per kind of hardware (--runs) and summarise each on its own (--out).")
     rows = summarize(records)
-    hosts = sorted({f"{r['host']} ({r['cpus']} CPUs, OMP_NUM_THREADS={r['threads']}, "
-                    f"trained on {_device(r)})" for r in records})
+    hosts = sorted({f"{r['host']} ({r.get('cpu_model', 'CPU model not recorded')}, {r['cpus']} CPUs, "
+                    f"OMP_NUM_THREADS={r['threads']}, trained on {_device(r)})" for r in records})
     commits = sorted({r.get("commit", "unknown") for r in records})
     settings = {k: sorted({str(r["cell"][k]) for r in records}) for k in
                 ("model", "epochs", "max_seq_length", "learning_rate", "max_train_samples", "max_steps")}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import load_benchmark
 
 from peft_rankdyna.jobs.runner import training_device
@@ -27,6 +28,8 @@ def test_grid_smoke_run_resumes_and_summarises(tmp_path, tiny_glue_model, glue_d
         assert {"accuracy", "f1"} <= set(record["metrics"]) and record["peak_rss_mib"] > 0
         assert record["parallel"] == 2 and record["device"] == training_device()
         assert record["pipeline_wall_s"] > 0 and record["process_cpu_s"] > 0 and record["commit"]
+        assert record["cpu_model"] == glue.cpu_model() != "unknown"
+        assert record["packages"]["torch"] == torch.__version__ and record["packages"]["transformers"]
         assert record["command"].startswith("rankdyna compress --model $MODEL") and record["collapsed"] in (True, False)
         assert record["cell"]["model"] == "$MODEL" and tiny_glue_model not in json.dumps(record)
         if record["cell"]["method"] != "dense":
